@@ -1,0 +1,52 @@
+"""nnlib: a numpy neural-network library with the course Module API."""
+
+from .activation import (
+    LeakyReLU,
+    LogSoftmax,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Softplus,
+    StableSigmoid,
+    TanH,
+)
+from .conv import Conv1D, Flatten, MaxPool1D
+from .linear import Linear, Scale
+from .loss import BCELoss, CrossEntropyLoss, Loss, MSELoss, NLLLoss, one_hot
+from .module import Module, Sequential
+from .optim import SGD, Adam, Optim, Optimizer
+from .train import History, accuracy, evaluate, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SGD",
+    "BCELoss",
+    "Adam",
+    "Conv1D",
+    "CrossEntropyLoss",
+    "Flatten",
+    "History",
+    "LeakyReLU",
+    "Linear",
+    "LogSoftmax",
+    "Loss",
+    "MSELoss",
+    "MaxPool1D",
+    "Module",
+    "NLLLoss",
+    "Optim",
+    "Optimizer",
+    "ReLU",
+    "Scale",
+    "Sequential",
+    "Sigmoid",
+    "Softmax",
+    "Softplus",
+    "StableSigmoid",
+    "TanH",
+    "accuracy",
+    "evaluate",
+    "fit",
+    "one_hot",
+]

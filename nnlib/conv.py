@@ -1,0 +1,193 @@
+"""One-dimensional convolution and pooling in the course's (batch, length, channels) layout."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .linear import _uniform
+from .module import Module
+
+
+def _out_length(length: int, k_size: int, stride: int) -> int:
+    if length < k_size:
+        raise ValueError(f"input length {length} is shorter than the kernel size {k_size}")
+    return (length - k_size) // stride + 1
+
+
+def _windows(X: np.ndarray, k_size: int, stride: int) -> np.ndarray:
+    """Return a read-only view of the windows of ``X``: (N, L_out, C, k_size), no copy."""
+    return sliding_window_view(X, k_size, axis=1)[:, ::stride]
+
+
+def _scatter_windows(d_windows: np.ndarray, length: int, stride: int) -> np.ndarray:
+    """Sum per-window gradients (N, L_out, k, C) back onto the input positions (N, L, C).
+
+    Overlapping windows (stride < k) add into the same positions; one strided slice per
+    kernel offset keeps every addition, which a fancy-index ``+=`` would silently drop.
+    """
+    n, l_out, k_size, channels = d_windows.shape
+    out = np.zeros((n, length, channels), dtype=d_windows.dtype)
+    span = stride * (l_out - 1) + 1
+    for k in range(k_size):
+        out[:, k : k + span : stride] += d_windows[:, :, k]
+    return out
+
+
+class Conv1D(Module):
+    r"""1-D convolution (cross-correlation) over the length axis.
+
+    .. math::
+        y_{n,l,o} = b_o + \sum_{k=0}^{K-1} \sum_{c} x_{n,\, lS + k,\, c}\, W_{k,c,o}
+
+    Computed as im2col (one copy of the windows, taken through a strided view) and a single
+    matrix product; the backward pass is the same product transposed, with overlapping
+    windows accumulated by :func:`_scatter_windows`.
+
+    Args:
+        k_size: kernel size :math:`K`.
+        chan_in: input channels :math:`C_{in}`.
+        chan_out: output channels :math:`C_{out}`.
+        stride: step :math:`S` between windows. Default: 1.
+        bias: learn an additive bias. Default: ``True``.
+        dtype: dtype of the parameters. Default: ``np.float32``.
+        rng: a ``numpy.random.Generator`` or a seed for the initialisation
+            (uniform in :math:`\pm 1/\sqrt{K C_{in}}`, as PyTorch).
+
+    Shape:
+        - Input: :math:`(N, L, C_{in})`.
+        - Output: :math:`(N, L_{out}, C_{out})` with :math:`L_{out} = \lfloor (L - K)/S
+          \rfloor + 1`.
+        - ``weight``: :math:`(K, C_{in}, C_{out})`; ``bias``: :math:`(C_{out},)`.
+    """
+
+    def __init__(
+        self,
+        k_size: int,
+        chan_in: int,
+        chan_out: int,
+        stride: int = 1,
+        bias: bool = True,
+        dtype=np.float32,
+        *,
+        rng: np.random.Generator | int | None = None,
+    ) -> None:
+        super().__init__()
+        if min(k_size, chan_in, chan_out, stride) < 1:
+            raise ValueError("Conv1D sizes and stride must be positive")
+        self.k_size = int(k_size)
+        self.chan_in = int(chan_in)
+        self.chan_out = int(chan_out)
+        self.stride = int(stride)
+        self.dtype = np.dtype(dtype)
+        rng = np.random.default_rng(rng)
+        bound = 1 / np.sqrt(self.k_size * self.chan_in)
+        shape = (self.k_size, self.chan_in, self.chan_out)
+        self._add_parameter("weight", _uniform(rng, bound, shape, self.dtype))
+        if bias:
+            self._add_parameter("bias", _uniform(rng, bound, (self.chan_out,), self.dtype))
+
+    @property
+    def weight(self) -> np.ndarray:
+        return self._parameters["weight"]
+
+    @property
+    def bias(self) -> np.ndarray | None:
+        return self._parameters.get("bias")
+
+    def _im2col(self, X: np.ndarray) -> np.ndarray:
+        """Return the windows of ``X`` as a matrix (N * L_out, K * C_in), kernel-major."""
+        n, length, _ = X.shape
+        l_out = _out_length(length, self.k_size, self.stride)
+        # (N, L_out, C, K) -> (N, L_out, K, C) so rows line up with weight.reshape(K*C, O).
+        windows = _windows(X, self.k_size, self.stride).transpose(0, 1, 3, 2)
+        return windows.reshape(n * l_out, self.k_size * self.chan_in)
+
+    def forward(self, X: np.ndarray) -> np.ndarray:
+        n, length, _ = X.shape
+        l_out = _out_length(length, self.k_size, self.stride)
+        out = self._im2col(X) @ self.weight.reshape(-1, self.chan_out)
+        if self.bias is not None:
+            out += self.bias
+        return out.reshape(n, l_out, self.chan_out)
+
+    def backward_update_gradient(self, input: np.ndarray, delta: np.ndarray) -> None:
+        d = delta.reshape(-1, self.chan_out)
+        self._gradients["weight"] += (self._im2col(input).T @ d).reshape(self.weight.shape)
+        if self.bias is not None:
+            self._gradients["bias"] += d.sum(axis=0)
+
+    def backward_delta(self, input: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        n, l_out, _ = delta.shape
+        d_cols = delta.reshape(-1, self.chan_out) @ self.weight.reshape(-1, self.chan_out).T
+        d_windows = d_cols.reshape(n, l_out, self.k_size, self.chan_in)
+        return _scatter_windows(d_windows, input.shape[1], self.stride)
+
+    def config(self) -> dict:
+        return {
+            "k_size": self.k_size,
+            "chan_in": self.chan_in,
+            "chan_out": self.chan_out,
+            "stride": self.stride,
+            "bias": self.bias is not None,
+            "dtype": self.dtype.name,
+        }
+
+
+class MaxPool1D(Module):
+    r"""Maximum over sliding windows of the length axis, per channel.
+
+    .. math::
+        y_{n,l,c} = \max_{0 \le k < K} x_{n,\, lS + k,\, c}
+
+    The gradient flows to the first maximal position of each window (as PyTorch does);
+    overlapping windows add up.
+
+    Args:
+        k_size: window size :math:`K`.
+        stride: step :math:`S` between windows. Default: ``k_size``.
+
+    Shape:
+        - Input: :math:`(N, L, C)`.
+        - Output: :math:`(N, L_{out}, C)` with :math:`L_{out} = \lfloor (L - K)/S \rfloor + 1`.
+    """
+
+    def __init__(self, k_size: int, stride: int | None = None) -> None:
+        super().__init__()
+        self.k_size = int(k_size)
+        self.stride = self.k_size if stride is None else int(stride)
+        if self.k_size < 1 or self.stride < 1:
+            raise ValueError("MaxPool1D k_size and stride must be positive")
+
+    def forward(self, X: np.ndarray) -> np.ndarray:
+        _out_length(X.shape[1], self.k_size, self.stride)
+        return _windows(X, self.k_size, self.stride).max(axis=-1)
+
+    def backward_delta(self, input: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        # (N, L_out, C, K) -> which offset k held each window's maximum.
+        argmax = _windows(input, self.k_size, self.stride).argmax(axis=-1)
+        offsets = np.arange(self.k_size).reshape(1, 1, -1, 1)
+        d_windows = np.where(argmax[:, :, None, :] == offsets, delta[:, :, None, :], 0)
+        return _scatter_windows(d_windows.astype(delta.dtype, copy=False), input.shape[1],
+                                self.stride)
+
+    def config(self) -> dict:
+        return {"k_size": self.k_size, "stride": self.stride}
+
+
+class Flatten(Module):
+    r"""Flatten every axis but the first.
+
+    .. math:: y_{n} = \operatorname{vec}(x_{n}), \qquad
+        \frac{\partial L}{\partial x} = \operatorname{reshape}(\delta, \text{shape}(x))
+
+    Shape:
+        - Input: :math:`(N, *)`.
+        - Output: :math:`(N, \prod *)`.
+    """
+
+    def forward(self, X: np.ndarray) -> np.ndarray:
+        return X.reshape(X.shape[0], -1)
+
+    def backward_delta(self, input: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        return delta.reshape(input.shape)

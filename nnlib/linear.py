@@ -1,0 +1,120 @@
+"""Fully connected layer."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .module import Module
+
+
+def _uniform(rng: np.random.Generator, bound: float, shape: tuple, dtype: np.dtype) -> np.ndarray:
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+class Linear(Module):
+    r"""Affine map of the last axis: :math:`y = xW + b`.
+
+    .. math::
+        y = x W + b, \qquad
+        \frac{\partial L}{\partial W} = x^\top \delta, \quad
+        \frac{\partial L}{\partial b} = \textstyle\sum_n \delta_n, \quad
+        \frac{\partial L}{\partial x} = \delta W^\top
+
+    Weights and bias start uniform in :math:`[-1/\sqrt{\text{in}}, 1/\sqrt{\text{in}}]`, as
+    PyTorch's default initialisation.
+
+    Args:
+        in_features: size of each input sample.
+        out_features: size of each output sample.
+        bias: learn an additive bias. Default: ``True``.
+        dtype: dtype of the parameters. Default: ``np.float32``.
+        rng: a ``numpy.random.Generator`` or a seed for the initialisation.
+
+    Shape:
+        - Input: :math:`(N, \text{in})`.
+        - Output: :math:`(N, \text{out})`.
+        - ``weight``: :math:`(\text{in}, \text{out})`; ``bias``: :math:`(\text{out},)`.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        dtype=np.float32,
+        *,
+        rng: np.random.Generator | int | None = None,
+    ) -> None:
+        super().__init__()
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"Linear needs positive sizes, got {in_features}, {out_features}")
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.dtype = np.dtype(dtype)
+        rng = np.random.default_rng(rng)
+        bound = 1 / np.sqrt(self.in_features)
+        self._add_parameter(
+            "weight", _uniform(rng, bound, (self.in_features, self.out_features), self.dtype)
+        )
+        if bias:
+            self._add_parameter("bias", _uniform(rng, bound, (self.out_features,), self.dtype))
+
+    @property
+    def weight(self) -> np.ndarray:
+        return self._parameters["weight"]
+
+    @property
+    def bias(self) -> np.ndarray | None:
+        return self._parameters.get("bias")
+
+    def forward(self, X: np.ndarray) -> np.ndarray:
+        out = X @ self.weight
+        if self.bias is not None:
+            out += self.bias
+        return out
+
+    def backward_update_gradient(self, input: np.ndarray, delta: np.ndarray) -> None:
+        self._gradients["weight"] += input.T @ delta
+        if self.bias is not None:
+            self._gradients["bias"] += delta.sum(axis=0)
+
+    def backward_delta(self, input: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        return delta @ self.weight.T
+
+    def config(self) -> dict:
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bias": self.bias is not None,
+            "dtype": self.dtype.name,
+        }
+
+
+class Scale(Module):
+    r"""Multiply by a fixed factor: parameter-free preprocessing saved with the network.
+
+    .. math:: y = a x, \qquad \frac{\partial L}{\partial x} = a \delta
+
+    A network trained on pixels scaled to :math:`[0, 1]` starts with ``Scale(1 / 16)`` so
+    clients send the raw values.
+
+    Args:
+        factor: the constant :math:`a`.
+
+    Shape:
+        - Input: :math:`(*)`, any shape.
+        - Output: :math:`(*)`, the shape of the input.
+    """
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = float(factor)
+
+    def forward(self, X: np.ndarray) -> np.ndarray:
+        return X * X.dtype.type(self.factor)
+
+    def backward_delta(self, input: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        return delta * delta.dtype.type(self.factor)
+
+    def config(self) -> dict:
+        return {"factor": self.factor}

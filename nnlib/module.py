@@ -1,0 +1,177 @@
+"""The Module base class of the course API, and Sequential."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Module:
+    """Base class of every layer, activation and network.
+
+    A module maps an input array to an output array with :meth:`forward`, and back-propagates
+    with two methods that receive the *input* of the forward pass and the gradient ``delta``
+    of the loss with respect to the module's *output*:
+
+    - :meth:`backward_update_gradient` adds :math:`\\partial L / \\partial \\theta` to the
+      gradients of the module's parameters (it accumulates: call :meth:`zero_grad` between
+      steps);
+    - :meth:`backward_delta` returns :math:`\\partial L / \\partial x`, with the shape of
+      ``input``.
+
+    Parameters and their gradients live in two dicts with the same keys; :meth:`parameters`
+    and :meth:`gradients` return those live arrays, so writing into them changes the module.
+    """
+
+    def __init__(self) -> None:
+        self._parameters: dict[str, np.ndarray] = {}
+        self._gradients: dict[str, np.ndarray] = {}
+
+    def forward(self, X: np.ndarray) -> np.ndarray:
+        """Compute the module's output for the batch ``X``."""
+        raise NotImplementedError
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Compute the output for inference: like :meth:`forward`, caching nothing."""
+        return self.forward(X)
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        return self.forward(X)
+
+    def backward_update_gradient(self, input: np.ndarray, delta: np.ndarray) -> None:
+        """Add the gradient of the loss w.r.t. the parameters to :meth:`gradients`.
+
+        Parameter-free modules have nothing to add.
+        """
+
+    def backward_delta(self, input: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        """Return the gradient of the loss w.r.t. ``input`` (same shape as ``input``)."""
+        raise NotImplementedError
+
+    def update_parameters(self, learning_rate: float = 1e-3) -> None:
+        r"""Take one gradient-descent step in place.
+
+        .. math:: \theta \leftarrow \theta - \eta \, \nabla_\theta L
+        """
+        for name, param in self._parameters.items():
+            param -= learning_rate * self._gradients[name]
+
+    def zero_grad(self) -> None:
+        """Reset every accumulated gradient to zero, in place."""
+        for grad in self._gradients.values():
+            grad.fill(0)
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """Return the live parameter arrays by name."""
+        return dict(self._parameters)
+
+    def gradients(self) -> dict[str, np.ndarray]:
+        """Return the live gradient arrays by name (same keys as :meth:`parameters`)."""
+        return dict(self._gradients)
+
+    def config(self) -> dict:
+        """Return the constructor arguments as plain data (used to save the architecture)."""
+        return {}
+
+    def extra_repr(self) -> str:
+        """Return the settings shown inside ``repr(module)``."""
+        return ", ".join(f"{key}={value!r}" for key, value in self.config().items())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def _add_parameter(self, name: str, value: np.ndarray) -> None:
+        self._parameters[name] = value
+        self._gradients[name] = np.zeros_like(value)
+
+
+class Sequential(Module):
+    """A chain of modules, each fed the output of the previous one.
+
+    ``forward`` keeps the input of every module so that :meth:`backward` can run
+    ``backward_update_gradient`` and ``backward_delta`` through the chain in reverse.
+    :meth:`predict` runs the same chain without keeping anything, for inference.
+
+    Parameters are named ``"<index>.<name>"`` (``"0.weight"``), as in PyTorch.
+    """
+
+    def __init__(self, *modules: Module) -> None:
+        super().__init__()
+        for index, module in enumerate(modules):
+            if not isinstance(module, Module):
+                raise TypeError(f"Sequential item {index} is not a Module: {module!r}")
+        self.modules: list[Module] = list(modules)
+        self._inputs: list[np.ndarray] = []
+
+    def forward(self, X: np.ndarray) -> np.ndarray:
+        """Run every module in order, keeping their inputs for :meth:`backward`."""
+        inputs = []
+        for module in self.modules:
+            inputs.append(X)
+            X = module.forward(X)
+        self._inputs = inputs
+        return X
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Run every module in order, keeping nothing (safe to call from several threads)."""
+        for module in self.modules:
+            X = module.predict(X)
+        return X
+
+    def backward(self, delta: np.ndarray) -> np.ndarray:
+        """Back-propagate ``delta`` through the last :meth:`forward`, accumulating gradients.
+
+        Returns the gradient of the loss w.r.t. the network's input.
+        """
+        if len(self._inputs) != len(self.modules):
+            raise RuntimeError("Sequential.backward needs a forward pass first")
+        for module, input in zip(reversed(self.modules), reversed(self._inputs)):
+            module.backward_update_gradient(input, delta)
+            delta = module.backward_delta(input, delta)
+        return delta
+
+    def _inputs_for(self, input: np.ndarray) -> list[np.ndarray]:
+        # Reuse the cached forward when it was run on this very array; otherwise rebuild it.
+        if not self._inputs or self._inputs[0] is not input:
+            self.forward(input)
+        return self._inputs
+
+    def backward_update_gradient(self, input: np.ndarray, delta: np.ndarray) -> None:
+        """Accumulate every module's parameter gradients for the batch ``input``."""
+        inputs = self._inputs_for(input)
+        for module, x in zip(reversed(self.modules), reversed(inputs)):
+            module.backward_update_gradient(x, delta)
+            delta = module.backward_delta(x, delta)
+
+    def backward_delta(self, input: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        """Return the gradient of the loss w.r.t. ``input``, leaving gradients alone."""
+        inputs = self._inputs_for(input)
+        for module, x in zip(reversed(self.modules), reversed(inputs)):
+            delta = module.backward_delta(x, delta)
+        return delta
+
+    def update_parameters(self, learning_rate: float = 1e-3) -> None:
+        for module in self.modules:
+            module.update_parameters(learning_rate)
+
+    def zero_grad(self) -> None:
+        for module in self.modules:
+            module.zero_grad()
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        return {
+            f"{index}.{name}": value
+            for index, module in enumerate(self.modules)
+            for name, value in module.parameters().items()
+        }
+
+    def gradients(self) -> dict[str, np.ndarray]:
+        return {
+            f"{index}.{name}": value
+            for index, module in enumerate(self.modules)
+            for name, value in module.gradients().items()
+        }
+
+    def __repr__(self) -> str:
+        lines = [f"  ({index}): {module!r}" for index, module in enumerate(self.modules)]
+        body = "\n".join(line.replace("\n", "\n  ") for line in lines)
+        return f"Sequential(\n{body}\n)" if lines else "Sequential()"
