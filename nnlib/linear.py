@@ -111,7 +111,9 @@ class Scale(Module):
         self.factor = float(factor)
 
     def forward(self, X: np.ndarray) -> np.ndarray:
-        return X * X.dtype.type(self.factor)
+        # A Python float keeps float32 arrays float32 and promotes integer arrays to float;
+        # X.dtype.type(factor) truncated the factor to 0 for integer pixels.
+        return X * self.factor
 
     def backward_delta(self, input: np.ndarray, delta: np.ndarray) -> np.ndarray:
         return delta * delta.dtype.type(self.factor)

@@ -47,6 +47,9 @@ class Loss:
     def _targets(y: np.ndarray, yhat: np.ndarray) -> np.ndarray:
         y = np.asarray(y)
         if y.ndim == yhat.ndim - 1 and np.issubdtype(y.dtype, np.integer):
+            # one label per sample: a single label would otherwise broadcast over the batch
+            if y.shape != yhat.shape[:-1]:
+                raise ValueError(f"label shape {y.shape} does not match prediction {yhat.shape}")
             return one_hot(y, yhat.shape[-1], dtype=yhat.dtype)
         if y.shape != yhat.shape:
             raise ValueError(f"target shape {y.shape} does not match prediction {yhat.shape}")

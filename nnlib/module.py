@@ -124,7 +124,7 @@ class Sequential(Module):
         """
         if len(self._inputs) != len(self.modules):
             raise RuntimeError("Sequential.backward needs a forward pass first")
-        for module, input in zip(reversed(self.modules), reversed(self._inputs)):
+        for module, input in zip(reversed(self.modules), reversed(self._inputs), strict=True):
             module.backward_update_gradient(input, delta)
             delta = module.backward_delta(input, delta)
         return delta
@@ -138,14 +138,14 @@ class Sequential(Module):
     def backward_update_gradient(self, input: np.ndarray, delta: np.ndarray) -> None:
         """Accumulate every module's parameter gradients for the batch ``input``."""
         inputs = self._inputs_for(input)
-        for module, x in zip(reversed(self.modules), reversed(inputs)):
+        for module, x in zip(reversed(self.modules), reversed(inputs), strict=True):
             module.backward_update_gradient(x, delta)
             delta = module.backward_delta(x, delta)
 
     def backward_delta(self, input: np.ndarray, delta: np.ndarray) -> np.ndarray:
         """Return the gradient of the loss w.r.t. ``input``, leaving gradients alone."""
         inputs = self._inputs_for(input)
-        for module, x in zip(reversed(self.modules), reversed(inputs)):
+        for module, x in zip(reversed(self.modules), reversed(inputs), strict=True):
             delta = module.backward_delta(x, delta)
         return delta
 

@@ -105,7 +105,7 @@ def fit(
     if validation_data is None and validation_split:
         if not 0 < validation_split < 1:
             raise ValueError("validation_split must lie in (0, 1)")
-        n_val = max(1, int(round(len(X) * validation_split)))
+        n_val = max(1, round(len(X) * validation_split))
         X, y, validation_data = X[:-n_val], y[:-n_val], (X[-n_val:], y[-n_val:])
 
     step = Optim(net, loss, optimizer=optimizer if optimizer is not None else Adam(1e-3))
