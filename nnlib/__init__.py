@@ -11,6 +11,7 @@ from .activation import (
     TanH,
 )
 from .conv import Conv1D, Flatten, MaxPool1D
+from .io import Artifact, ArtifactError, load, save, validate
 from .linear import Linear, Scale
 from .loss import BCELoss, CrossEntropyLoss, Loss, MSELoss, NLLLoss, one_hot
 from .module import Module, Sequential
@@ -21,8 +22,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SGD",
-    "BCELoss",
     "Adam",
+    "Artifact",
+    "ArtifactError",
+    "BCELoss",
     "Conv1D",
     "CrossEntropyLoss",
     "Flatten",
@@ -48,5 +51,8 @@ __all__ = [
     "accuracy",
     "evaluate",
     "fit",
+    "load",
     "one_hot",
+    "save",
+    "validate",
 ]
