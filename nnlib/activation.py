@@ -13,6 +13,8 @@ implementations avoid on purpose:
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .module import Module
@@ -42,18 +44,30 @@ def _sigmoid_derivative(x: np.ndarray) -> np.ndarray:
     return e / (1 + e) ** 2
 
 
-def _shift_by_max(x: np.ndarray) -> np.ndarray:
-    # Subtracting the row maximum makes exp() safe. When a row spans more than the dtype's
-    # range the difference rounds to -inf, whose exp is exactly the right 0.
-    with np.errstate(over="ignore"):
-        return x - np.max(x, axis=-1, keepdims=True)
+# Softmax and LogSoftmax subtract the row maximum, which makes exp() safe. When a row spans
+# more than the dtype's range the difference rounds to -inf, whose exp is exactly the right
+# 0: np.errstate keeps that overflow silent. (np.maximum.reduce and np.add.reduce are
+# np.max and np.sum without their Python wrapper: 1.3 µs less per call on small arrays,
+# the same numbers.)
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
-    shifted = _shift_by_max(x)
-    out = shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+    with np.errstate(over="ignore"):
+        shifted = x - np.maximum.reduce(x, axis=-1, keepdims=True)
+    log_sum = np.log(np.add.reduce(np.exp(shifted), axis=-1, keepdims=True))
+    if shifted.dtype is log_sum.dtype:  # a fresh float array: subtract in place
+        shifted -= log_sum
+        out = shifted
+    else:
+        out = shifted - log_sum
     # A log-probability below the dtype's range is clamped there, so outputs stay finite.
-    return np.maximum(out, np.finfo(out.dtype).min, out=out)
+    return np.maximum(out, _lowest(out.dtype), out=out)
+
+
+@functools.cache
+def _lowest(dtype: np.dtype) -> np.floating:
+    """``np.finfo(dtype).min``, remembered (np.finfo takes 0.2 µs a call)."""
+    return np.finfo(dtype).min
 
 
 class TanH(Module):
@@ -133,8 +147,10 @@ class Softmax(Module):
     """
 
     def forward(self, X: np.ndarray) -> np.ndarray:
-        e = np.exp(_shift_by_max(X))
-        return e / np.sum(e, axis=-1, keepdims=True)
+        with np.errstate(over="ignore"):
+            e = np.exp(X - np.maximum.reduce(X, axis=-1, keepdims=True))
+        e /= np.add.reduce(e, axis=-1, keepdims=True)
+        return e
 
     def backward_delta(self, input: np.ndarray, delta: np.ndarray) -> np.ndarray:
         s = self.forward(input)
@@ -182,6 +198,9 @@ class ReLU(Module):
 
     def forward(self, X: np.ndarray) -> np.ndarray:
         return np.maximum(X, 0)
+
+    def predict_inplace(self, X: np.ndarray) -> np.ndarray:
+        return np.maximum(X, 0, out=X)
 
     def backward_delta(self, input: np.ndarray, delta: np.ndarray) -> np.ndarray:
         return np.where(input > 0, delta, 0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 from .linear import _uniform
 from .module import Module
@@ -15,9 +15,26 @@ def _out_length(length: int, k_size: int, stride: int) -> int:
     return (length - k_size) // stride + 1
 
 
-def _windows(X: np.ndarray, k_size: int, stride: int) -> np.ndarray:
-    """Return a read-only view of the windows of ``X``: (N, L_out, C, k_size), no copy."""
-    return sliding_window_view(X, k_size, axis=1)[:, ::stride]
+def _im2col(X: np.ndarray, k_size: int, stride: int) -> tuple[np.ndarray, int, int]:
+    """Return the windows of ``X`` as a matrix (N * L_out, k_size * C), and N and L_out.
+
+    Row ``n * L_out + l`` is window ``l`` of sample ``n``, kernel-major (offset k, then
+    channel c), so it lines up with ``weight.reshape(k_size * C, C_out)``. The one copy is
+    taken from a strided view: for a contiguous ``X``, window ``l`` is ``k_size * C``
+    consecutive numbers, a view built straight on its buffer (0.3 µs, where numpy's
+    sliding_window_view spends 10 µs in Python, most of a batch-1 forward pass).
+    """
+    n, length, channels = X.shape
+    l_out = _out_length(length, k_size, stride)
+    if X.flags.c_contiguous:
+        item = X.itemsize
+        strides = (length * channels * item, stride * channels * item, item)
+        windows = np.ndarray((n, l_out, k_size * channels), X.dtype, X, 0, strides)
+    else:
+        s_n, s_l, s_c = X.strides
+        windows = as_strided(X, (n, l_out, k_size, channels),
+                             (s_n, s_l * stride, s_l, s_c), writeable=False)
+    return windows.reshape(n * l_out, k_size * channels), n, l_out
 
 
 def _scatter_windows(d_windows: np.ndarray, length: int, stride: int) -> np.ndarray:
@@ -61,6 +78,8 @@ class Conv1D(Module):
         - ``weight``: :math:`(K, C_{in}, C_{out})`; ``bias``: :math:`(C_{out},)`.
     """
 
+    output_is_new = True
+
     def __init__(
         self,
         k_size: int,
@@ -97,18 +116,15 @@ class Conv1D(Module):
 
     def _im2col(self, X: np.ndarray) -> np.ndarray:
         """Return the windows of ``X`` as a matrix (N * L_out, K * C_in), kernel-major."""
-        n, length, _ = X.shape
-        l_out = _out_length(length, self.k_size, self.stride)
-        # (N, L_out, C, K) -> (N, L_out, K, C) so rows line up with weight.reshape(K*C, O).
-        windows = _windows(X, self.k_size, self.stride).transpose(0, 1, 3, 2)
-        return windows.reshape(n * l_out, self.k_size * self.chan_in)
+        return _im2col(X, self.k_size, self.stride)[0]
 
     def forward(self, X: np.ndarray) -> np.ndarray:
-        n, length, _ = X.shape
-        l_out = _out_length(length, self.k_size, self.stride)
-        out = self._im2col(X) @ self.weight.reshape(-1, self.chan_out)
-        if self.bias is not None:
-            out += self.bias
+        params = self._parameters
+        cols, n, l_out = _im2col(X, self.k_size, self.stride)
+        out = cols.dot(params["weight"].reshape(-1, self.chan_out))  # the one BLAS call
+        bias = params.get("bias")
+        if bias is not None:
+            out += bias
         return out.reshape(n, l_out, self.chan_out)
 
     def backward_update_gradient(self, input: np.ndarray, delta: np.ndarray) -> None:
@@ -152,6 +168,8 @@ class MaxPool1D(Module):
         - Output: :math:`(N, L_{out}, C)` with :math:`L_{out} = \lfloor (L - K)/S \rfloor + 1`.
     """
 
+    output_is_new = True
+
     def __init__(self, k_size: int, stride: int | None = None) -> None:
         super().__init__()
         self.k_size = int(k_size)
@@ -160,16 +178,37 @@ class MaxPool1D(Module):
             raise ValueError("MaxPool1D k_size and stride must be positive")
 
     def forward(self, X: np.ndarray) -> np.ndarray:
-        _out_length(X.shape[1], self.k_size, self.stride)
-        return _windows(X, self.k_size, self.stride).max(axis=-1)
+        # The maximum of K strided slices, one per kernel offset: element-wise over whole
+        # arrays, where a max over each tiny window is a slow reduction.
+        k_size, stride = self.k_size, self.stride
+        span = stride * (_out_length(X.shape[1], k_size, stride) - 1) + 1
+        if k_size == 1:
+            return X[:, 0:span:stride].copy()
+        out = np.maximum(X[:, 0:span:stride], X[:, 1 : 1 + span : stride])
+        for k in range(2, k_size):
+            np.maximum(out, X[:, k : k + span : stride], out=out)
+        return out
 
     def backward_delta(self, input: np.ndarray, delta: np.ndarray) -> np.ndarray:
-        # (N, L_out, C, K) -> which offset k held each window's maximum.
-        argmax = _windows(input, self.k_size, self.stride).argmax(axis=-1)
-        offsets = np.arange(self.k_size).reshape(1, 1, -1, 1)
-        d_windows = np.where(argmax[:, :, None, :] == offsets, delta[:, :, None, :], 0)
-        return _scatter_windows(d_windows.astype(delta.dtype, copy=False), input.shape[1],
-                                self.stride)
+        # One strided slice per kernel offset k, in order: the window's gradient goes to the
+        # first offset that holds its maximum (or a NaN, as argmax picks), and overlapping
+        # windows add up, as _scatter_windows would (an argmax over sliding_window_view
+        # windows and a 4-D np.where took 2-2.5x longer).
+        k_size, stride = self.k_size, self.stride
+        span = stride * (delta.shape[1] - 1) + 1
+        maxima = self.forward(input)
+        out = np.zeros(input.shape, dtype=delta.dtype)
+        free = None  # windows whose maximum is not yet found
+        for k in range(k_size):
+            values = input[:, k : k + span : stride]
+            hit = (values == maxima) | (values != values)
+            if free is None:
+                free = ~hit
+            else:
+                hit &= free
+                free &= ~hit
+            out[:, k : k + span : stride] += np.where(hit, delta, 0)
+        return out
 
     def config(self) -> dict:
         return {"k_size": self.k_size, "stride": self.stride}

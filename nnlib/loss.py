@@ -110,12 +110,12 @@ class CrossEntropyLoss(Loss):
     """
 
     def forward(self, y, yhat):
-        return -np.sum(self._targets(y, yhat) * _log_softmax(yhat), axis=-1)
+        return -np.add.reduce(self._targets(y, yhat) * _log_softmax(yhat), axis=-1)
 
     def backward(self, y, yhat):
         y = self._targets(y, yhat)
         s = np.exp(_log_softmax(yhat))
-        return s * np.sum(y, axis=-1, keepdims=True) - y
+        return s * np.add.reduce(y, axis=-1, keepdims=True) - y
 
 
 class NLLLoss(Loss):
@@ -128,7 +128,7 @@ class NLLLoss(Loss):
     """
 
     def forward(self, y, yhat):
-        return -np.sum(self._targets(y, yhat) * yhat, axis=-1)
+        return -np.add.reduce(self._targets(y, yhat) * yhat, axis=-1)
 
     def backward(self, y, yhat):
         return -self._targets(y, yhat)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .loss import Loss
-from .module import Module
+from .module import Module, Sequential
 
 __all__ = ["SGD", "Adam", "Optim", "Optimizer"]
 
@@ -98,18 +98,21 @@ class Adam(Optimizer):
         beta1, beta2 = self.betas
         state = self._state.get(name)
         if state is None:
-            state = self._state[name] = (np.zeros_like(param), np.zeros_like(param))
-        m, v = state
+            # m, v and a scratch array that takes every temporary below: the operations of
+            # the formula in the same order (so the same bits), with no allocation per step.
+            state = self._state[name] = (np.zeros_like(param), np.zeros_like(param),
+                                         np.empty_like(param))
+        m, v, scratch = state
         m *= beta1
-        m += (1 - beta1) * grad
+        m += np.multiply(grad, 1 - beta1, out=scratch)
         v *= beta2
-        v += (1 - beta2) * (grad * grad)
+        v += np.multiply(np.multiply(grad, grad, out=scratch), 1 - beta2, out=scratch)
         bias1 = 1 - beta1**self._t
         bias2 = 1 - beta2**self._t
-        denom = np.sqrt(v)
+        denom = np.sqrt(v, out=scratch)
         denom *= 1 / np.sqrt(bias2)
         denom += self.eps
-        param -= (self.lr / bias1) * (m / denom)
+        param -= np.multiply(np.divide(m, denom, out=denom), self.lr / bias1, out=denom)
 
 
 class Optim:
@@ -143,7 +146,9 @@ class Optim:
         delta = self.loss.backward(batch_y, yhat)
         delta *= delta.dtype.type(1 / len(batch_x))
         self.net.zero_grad()
-        if hasattr(self.net, "backward"):
+        if getattr(type(self.net), "backward", None) is Sequential.backward:
+            self.net.backward(delta, input_grad=False)  # nothing uses the input's gradient
+        elif hasattr(self.net, "backward"):
             self.net.backward(delta)
         else:
             self.net.backward_update_gradient(batch_x, delta)
