@@ -1,0 +1,1 @@
+"""nnserve: a FastAPI service that answers class probabilities from nnlib networks."""

@@ -1,0 +1,96 @@
+"""``python -m app`` / ``nnserve``: serve the models with uvicorn; flags override NNSERVE_*."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+
+import uvicorn
+from pydantic import ValidationError
+
+from app.config import Settings
+from app.log import logging_config
+from app.protocol import GuardedHttpToolsProtocol
+
+# Flags and the settings they set; anything else comes from NNSERVE_* variables.
+FLAGS = {
+    "host": "address to listen on (NNSERVE_HOST, default 127.0.0.1)",
+    "port": "TCP port (NNSERVE_PORT, default 8000)",
+    "workers": "worker processes (NNSERVE_WORKERS, default 1)",
+    "model_dir": "folder of *.joblib artifacts (NNSERVE_MODEL_DIR, default: the shipped models)",
+    "default_model": "model of POST /predict without a name (NNSERVE_DEFAULT_MODEL)",
+    "log_level": "critical, error, warning, info or debug (NNSERVE_LOG_LEVEL, default info)",
+    "log_format": "text or json (NNSERVE_LOG_FORMAT, default text)",
+}
+
+
+def parse_settings(argv: list[str] | None = None) -> Settings:
+    """Read the flags and the environment into one :class:`Settings` (flags win)."""
+    parser = argparse.ArgumentParser(
+        prog="nnserve",
+        description="Serve nnlib networks over HTTP: a native REST API and the Open Inference "
+        "Protocol (V2). Every flag also reads an NNSERVE_* environment variable; flags win.",
+    )
+    for name, help_text in FLAGS.items():
+        kind = int if name in ("port", "workers") else str
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, help=help_text)
+    args = parser.parse_args(argv)
+    overrides = {key: value for key, value in vars(args).items() if value is not None}
+    try:
+        # Keyword arguments take precedence over the environment in pydantic-settings.
+        return Settings(**overrides)
+    except ValidationError as exc:
+        parser.error(str(exc))
+        raise  # unreachable: parser.error exits
+
+
+def _uvicorn_options(settings: Settings) -> dict:
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": logging_config(settings.log_level, settings.log_format),
+        "log_level": settings.log_level,
+        # nnserve logs its own access line, with request id, model and batch size.
+        "access_log": False,
+        "timeout_graceful_shutdown": settings.graceful_timeout,
+        "timeout_keep_alive": settings.keep_alive_timeout,
+        "server_header": False,
+        # httptools with read deadlines and a head size bound (see app/protocol.py).
+        "http": GuardedHttpToolsProtocol,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start the server and return its exit status once it has shut down."""
+    settings = parse_settings(argv)
+    if settings.workers == 1:
+        from app.main import create_app
+
+        app = create_app(settings)
+        # After a graceful shutdown uvicorn restores the SIGTERM handler it found and raises
+        # the signal again, so the process would die "by" SIGTERM (status 143). Ignoring it
+        # here makes a clean shutdown exit with status 0; uvicorn's own handler is in place
+        # while it serves.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        uvicorn.run(app, **_uvicorn_options(settings))
+        return 0
+
+    # Workers are fresh interpreters that import app.main:app and build their settings from
+    # the environment: hand the flags on through it.
+    for name in FLAGS:
+        value = getattr(settings, name)
+        if value is not None:
+            os.environ["NNSERVE_" + name.upper()] = str(value)
+    with tempfile.TemporaryDirectory(prefix="nnserve-metrics-") as metrics_dir:
+        # prometheus-client's multiprocess mode: every worker writes its values here and
+        # /metrics on any worker adds them up. Set before a worker imports prometheus_client.
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
+        uvicorn.run("app.main:app", workers=settings.workers, **_uvicorn_options(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

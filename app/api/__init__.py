@@ -1,0 +1,1 @@
+"""One module per protocol: native REST, Open Inference Protocol (V2), health and metrics."""

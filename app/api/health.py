@@ -1,0 +1,73 @@
+"""Liveness, readiness and Prometheus metrics: open even when an API key is set."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from app import metrics
+
+TAGS = ["operations"]
+
+
+class Health(BaseModel):
+    """The process is alive."""
+
+    status: str = Field(examples=["ok"])
+
+
+class Ready(BaseModel):
+    """The server takes traffic, and which models it serves."""
+
+    status: str = Field(examples=["ready"])
+    models: list[str] = Field(examples=[["digits-cnn", "digits-mlp"]])
+
+
+class NotReady(BaseModel):
+    """Why the server should not get traffic now."""
+
+    status: str = Field(examples=["draining"])
+    detail: str
+
+
+async def health() -> dict[str, str]:
+    """Answer 200 while the process runs and its event loop turns."""
+    return {"status": "ok"}
+
+
+async def ready(request: Request) -> Response | dict:
+    """Answer 200 when models are loaded and the server is not shutting down, else 503."""
+    if request.app.state.draining:
+        return JSONResponse({"status": "draining", "detail": "the server is shutting down"},
+                            status_code=503)
+    names = request.app.state.registry.names()
+    if not names:
+        return JSONResponse({"status": "no models", "detail": "no model is loaded"},
+                            status_code=503)
+    return {"status": "ready", "models": names}
+
+
+async def prometheus_metrics() -> Response:
+    """Return every metric in Prometheus' text exposition format."""
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)
+
+
+def add_routes(target: APIRouter | FastAPI) -> None:
+    """Add the routes to ``target`` (see ``app.api.native.add_routes`` for why not a router)."""
+    target.add_api_route("/health", health, methods=["GET"], tags=TAGS, response_model=Health,
+                         summary="Liveness")
+    target.add_api_route(
+        "/ready", ready, methods=["GET"], tags=TAGS, response_model=Ready, summary="Readiness",
+        responses={503: {"model": NotReady, "description": "Draining, or no model is loaded."}},
+    )
+    target.add_api_route(
+        "/metrics", prometheus_metrics, methods=["GET"], tags=TAGS, summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+    )
+
+
+router = APIRouter()
+add_routes(router)

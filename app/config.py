@@ -1,0 +1,79 @@
+"""Settings of the service, read once from ``NNSERVE_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; ``python -m app`` flags override the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="NNSERVE_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    workers: int = Field(1, ge=1, le=64, description="Worker processes.")
+    model_dir: Path | None = Field(
+        None, description="Folder of *.joblib artifacts; unset serves the shipped models."
+    )
+    default_model: str | None = Field(
+        None,
+        description='Model of POST /predict without "model"; unset: "digits-mlp" if loaded, '
+        "else the first name in order.",
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_format: Literal["text", "json"] = Field("text", description="Log lines as text or JSON.")
+    max_batch: int = Field(1024, ge=1, description="Most samples in one request.")
+    max_body_bytes: int = Field(8 * MiB, ge=1, description="Largest request body (413 above).")
+    api_key: str | None = Field(
+        None, description="When set, predict and infer need `Authorization: Bearer <key>`."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description='Origins allowed by CORS: comma-separated or a JSON list; "*" allows any.',
+    )
+    graceful_timeout: float = Field(
+        10.0, gt=0, description="Seconds in-flight requests get to finish after SIGTERM."
+    )
+    keep_alive_timeout: int = Field(
+        5, ge=1, description="Seconds an idle keep-alive connection stays open."
+    )
+    read_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a client may take to send a request head, or pause inside a "
+        "body, before the connection is closed (408).",
+    )
+    drain_delay: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds to keep accepting requests after SIGTERM with /ready at 503, so "
+        "load balancers stop routing here before the listener closes.",
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        # An environment variable is one string: accept "a,b" as well as '["a", "b"]'.
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("api_key", "default_model", "model_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # NNSERVE_API_KEY= (empty) in a compose file means "no key", not "the empty key".
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value

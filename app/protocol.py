@@ -1,0 +1,154 @@
+"""uvicorn's httptools protocol with the guards it lacks against slow and abusive clients.
+
+uvicorn closes a keep-alive connection that stays idle after a response, and nothing else:
+a connection that never sends, a request head sent a byte at a time, endless headers or a
+body that stops half-way would each hold a descriptor (and, mid-body, a task) for ever.
+:class:`GuardedHttpToolsProtocol` adds, per connection:
+
+- a deadline for the request head: it must be complete within ``read_timeout`` seconds of
+  its first byte (or of the connection opening), else 408 and the connection is closed;
+- a size bound on the head (:data:`MAX_HEAD_BYTES`), else 431 and the connection is closed;
+- an idle deadline for the body: a body that pauses longer than ``read_timeout`` gets its
+  connection closed, and the request is logged with status 408;
+- a bound on the time spent discarding the rest of a body the application answered without
+  reading (a 413, a 401), after which the connection is closed. Until then the bytes are
+  read, so the client, still sending, gets to read the answer instead of a TCP reset.
+
+``python -m app`` serves with this protocol; the hooks it uses are the parser callbacks and
+``data_received`` of uvicorn's ``HttpToolsProtocol``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from app.config import Settings
+
+# Request line plus headers: browsers send a few KiB; nginx's default buffers total 32 KiB.
+MAX_HEAD_BYTES = 64 * 1024
+# Seconds spent discarding an unread body after its answer before closing anyway.
+LINGER_SECONDS = 10.0
+# Scope key the protocol sets on a request whose body timed out, for the access log.
+READ_TIMED_OUT = "nnserve.read_timed_out"
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol with head/body read deadlines and a head size bound (see module)."""
+
+    #: Seconds for a whole request head, and the longest pause inside a body:
+    #: ``NNSERVE_READ_TIMEOUT``, read once per process (worker processes build their own).
+    read_timeout: float | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if GuardedHttpToolsProtocol.read_timeout is None:
+            GuardedHttpToolsProtocol.read_timeout = Settings().read_timeout
+        super().connection_made(transport)
+        self._in_head = True  # waiting for (the rest of) a request head
+        self._head_bytes = 0
+        self._body_pending = False
+        self._deadline: asyncio.TimerHandle | None = None
+        self._linger: asyncio.TimerHandle | None = None
+        self._discarding = False  # refused: read and drop until the client closes
+        # A connection that never sends a byte is closed too.
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._linger is not None:
+            self._linger.cancel()
+        super().connection_lost(exc)
+
+    # -- deadlines ------------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self.loop.call_later(self.read_timeout, self._read_timed_out)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _read_timed_out(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        if self._in_head:
+            if self._head_bytes:
+                self._refuse(408, "the request head did not arrive in time")
+            else:
+                self.transport.close()  # nothing was asked: nothing to answer
+            return
+        # A body stalled while the application waits for it: closing the connection makes
+        # its receive() report a disconnect; the access log says 408.
+        if self.cycle is not None:
+            self.cycle.scope[READ_TIMED_OUT] = True  # type: ignore[literal-required]
+        self.transport.close()
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer ``status`` and close "lingeringly" (RFC 9112, 9.6).
+
+        Closing with unread input makes the kernel reset the connection, and the reset can
+        destroy the answer before the client reads it: half-close instead, discard what
+        still comes, and close when the client does (or after LINGER_SECONDS).
+        """
+        body = message.encode()
+        self.transport.write(b"".join([
+            STATUS_LINE[status],
+            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+            body,
+        ]))
+        self._disarm()
+        self._discarding = True
+        try:
+            self.transport.write_eof()
+        except (NotImplementedError, OSError, RuntimeError):
+            self.transport.close()
+            return
+        self._linger = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    # -- input ----------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self.transport.is_closing():
+            return
+        if self._in_head:
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(431, f"the request head is larger than {MAX_HEAD_BYTES} bytes")
+            elif self._head_bytes and self._deadline is None:
+                self._arm()  # a head has begun: it has read_timeout seconds in all
+        elif self._body_pending:
+            self._arm()  # the body made progress: it may pause read_timeout seconds again
+            if self.cycle.response_complete and self._linger is None:
+                # Answered without reading the body: discard it for a while, then close.
+                self._linger = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        self._body_pending = True
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._body_pending = False
+        self._in_head = True
+        self._disarm()
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        if self.cycle is not None and self.cycle.response_complete:
+            # The rest of an unread body came after the answer, and uvicorn armed its idle
+            # timer at the answer (then cancelled it on that data): watch the idle
+            # connection here instead.
+            self._arm()
+        super().on_message_complete()
