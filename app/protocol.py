@@ -12,7 +12,11 @@ body that stops half-way would each hold a descriptor (and, mid-body, a task) fo
   connection closed, and the request is logged with status 408;
 - a bound on the time spent discarding the rest of a body the application answered without
   reading (a 413, a 401), after which the connection is closed. Until then the bytes are
-  read, so the client, still sending, gets to read the answer instead of a TCP reset.
+  read, so the client, still sending, gets to read the answer instead of a TCP reset;
+- one send per response: uvicorn writes the status line and headers, then the body, as two
+  socket writes. A process killed between the two leaves a proxy holding a started answer
+  it can no longer retry elsewhere; :class:`_CoalescingTransport` joins the writes of one
+  event-loop turn, so an answer leaves whole or not at all (and costs one system call).
 
 ``python -m app`` serves with this protocol; the hooks it uses are the parser callbacks and
 ``data_received`` of uvicorn's ``HttpToolsProtocol``.
@@ -34,6 +38,44 @@ LINGER_SECONDS = 10.0
 READ_TIMED_OUT = "nnserve.read_timed_out"
 
 
+class _CoalescingTransport:
+    """A transport whose writes within one event-loop turn go out as one socket write."""
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """HttpToolsProtocol with head/body read deadlines and a head size bound (see module)."""
 
@@ -45,6 +87,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if GuardedHttpToolsProtocol.read_timeout is None:
             GuardedHttpToolsProtocol.read_timeout = Settings().read_timeout
         super().connection_made(transport)
+        # uvicorn's flow control keeps the real transport; requests write through this one.
+        self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
         self._in_head = True  # waiting for (the rest of) a request head
         self._head_bytes = 0
         self._body_pending = False
