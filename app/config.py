@@ -50,6 +50,19 @@ class Settings(BaseSettings):
         description="Seconds a client may take to send a request head, or pause inside a "
         "body, before the connection is closed (408).",
     )
+    batch_max_size: int = Field(
+        1,
+        ge=1,
+        description="Adaptive batching: most samples merged into one forward pass from "
+        "concurrent requests for the same model (1: off). A request this large or larger "
+        "runs alone.",
+    )
+    batch_max_delay_ms: float = Field(
+        0.0,
+        ge=0,
+        description="Adaptive batching: longest wait, in milliseconds, for other requests to "
+        "merge with (0: off).",
+    )
     drain_delay: float = Field(
         0.0,
         ge=0,

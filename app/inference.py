@@ -1,7 +1,15 @@
-"""Arrays in, probabilities out: the one place that runs networks."""
+"""Arrays in, probabilities out: the one place that runs networks.
+
+Adaptive batching (off by default; ``NNSERVE_BATCH_MAX_SIZE`` > 1 and
+``NNSERVE_BATCH_MAX_DELAY_MS`` > 0 turn it on): as Triton's dynamic batcher does, small
+requests for the same model that arrive within the delay are merged into one forward pass
+of at most the maximum size, and each gets its own rows back. Every protocol goes through
+:func:`predict_proba`, so native and V2 requests are merged alike.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import numpy as np
@@ -21,9 +29,10 @@ class InferenceError(ValueError):
     """The network gave no usable probabilities for this batch (e.g. it overflowed)."""
 
 
-def _run(model: ServedModel, batch: np.ndarray) -> np.ndarray:
-    # Huge but finite inputs may overflow inside the network; that is detected below, so
-    # numpy's warnings would only be noise (and errors under pytest's warning filter).
+def _forward(model: ServedModel, batch: np.ndarray) -> np.ndarray:
+    """Run the network and return its probabilities as C-contiguous float32 (unchecked)."""
+    # Huge but finite inputs may overflow inside the network; that is detected afterwards,
+    # so numpy's warnings would only be noise (and errors under pytest's warning filter).
     with np.errstate(all="ignore"):
         out = model.network.predict(batch)
         probs = np.exp(out) if model.output == "log_softmax" else out
@@ -34,6 +43,10 @@ def _run(model: ServedModel, batch: np.ndarray) -> np.ndarray:
         )
     if probs.dtype != np.float32 or not probs.flags.c_contiguous:
         probs = np.ascontiguousarray(probs, dtype=np.float32)
+    return probs
+
+
+def _check_finite(model: ServedModel, probs: np.ndarray) -> np.ndarray:
     if not np.isfinite(probs).all():
         index = int(np.argmin(np.isfinite(probs).all(axis=1)))
         raise InferenceError(
@@ -41,6 +54,139 @@ def _run(model: ServedModel, batch: np.ndarray) -> np.ndarray:
             "its values are too large for the network"
         )
     return probs
+
+
+def _run(model: ServedModel, batch: np.ndarray) -> np.ndarray:
+    return _check_finite(model, _forward(model, batch))
+
+
+# --- adaptive batching ------------------------------------------------------------------
+
+
+class BatchSettings:
+    """The batching bounds in force in this process (see :func:`configure_batching`)."""
+
+    max_size = 1
+    max_delay = 0.0  # seconds
+
+    @classmethod
+    def enabled(cls) -> bool:
+        return cls.max_size > 1 and cls.max_delay > 0
+
+
+def configure_batching(max_size: int, max_delay_ms: float) -> None:
+    """Merge up to ``max_size`` samples waiting at most ``max_delay_ms``; size 1 or delay 0
+    turns batching off."""
+    BatchSettings.max_size = max(1, int(max_size))
+    BatchSettings.max_delay = max(0.0, float(max_delay_ms)) / 1000
+
+
+class Batcher:
+    """Requests for one model waiting to run together, on one event loop.
+
+    A request joins the pending group; the group runs when it holds ``max_size`` samples or
+    ``max_delay`` seconds after its first request, whichever comes first. A request is never
+    split, and a group never passes ``max_size`` samples (a request that would overflow it
+    starts the next one). Each request gets its own rows, or its own error: only the rows
+    of the request whose output is not finite fail, and if the merged pass fails as a whole
+    every request runs alone, exactly as without batching.
+    """
+
+    def __init__(self, model: ServedModel, loop: asyncio.AbstractEventLoop,
+                 max_size: int, max_delay: float) -> None:
+        self.model, self.loop = model, loop
+        self.max_size, self.max_delay = max_size, max_delay
+        self.pending: list[tuple[np.ndarray, asyncio.Future]] = []
+        self.rows = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def submit(self, batch: np.ndarray) -> asyncio.Future:
+        """Queue ``batch``; the future gets its probabilities (or its InferenceError)."""
+        if self.pending and self.rows + len(batch) > self.max_size:
+            self.flush()
+        future = self.loop.create_future()
+        self.pending.append((batch, future))
+        self.rows += len(batch)
+        if self.rows >= self.max_size:
+            self.flush()
+        elif self.timer is None:
+            self.timer = self.loop.call_later(self.max_delay, self.flush)
+        return future
+
+    def flush(self) -> None:
+        """Run the pending group now."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        group, self.pending, self.rows = self.pending, [], 0
+        if group:
+            _run_group(self.model, group)
+
+
+def _settle(future: asyncio.Future, result=None, error: BaseException | None = None) -> None:
+    if future.done():  # its request was cancelled (client gone): nobody to tell
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _run_group(model: ServedModel, group: list[tuple[np.ndarray, asyncio.Future]]) -> None:
+    count, latency, batch_size, errors = metrics.model_metrics(model.name)
+    start = time.perf_counter()
+    merged = None
+    if len(group) > 1:
+        try:
+            merged = _forward(model, np.concatenate([batch for batch, _ in group]))
+        except Exception:  # each request then runs alone, and fails alone
+            merged = None
+    offset = 0
+    for batch, future in group:
+        try:
+            if merged is not None:
+                probs = _check_finite(model, merged[offset:offset + len(batch)])
+            else:
+                probs = _run(model, batch)
+                count.inc()
+                batch_size.observe(len(batch))
+        except InferenceError as exc:
+            errors.inc()
+            _settle(future, error=exc)
+        except Exception as exc:  # the request's own, raised in its handler
+            _settle(future, error=exc)
+        else:
+            _settle(future, probs)
+        offset += len(batch)
+    if merged is not None:
+        count.inc()
+        batch_size.observe(len(merged))
+    latency.observe(time.perf_counter() - start)
+
+
+_batchers: dict[tuple[int, int], Batcher] = {}
+
+
+def _batcher(model: ServedModel) -> Batcher:
+    loop = asyncio.get_running_loop()
+    key = (id(model), id(loop))
+    batcher = _batchers.get(key)
+    if batcher is None or batcher.model is not model or batcher.loop is not loop:
+        batcher = _batchers[key] = Batcher(model, loop, BatchSettings.max_size,
+                                           BatchSettings.max_delay)
+    return batcher
+
+
+def flush_batches() -> None:
+    """Run every pending group now (at shutdown: no request is left waiting)."""
+    for key, batcher in list(_batchers.items()):
+        if batcher.loop.is_closed():
+            del _batchers[key]
+        else:
+            batcher.flush()
+
+
+# --- the entry point ----------------------------------------------------------------------
 
 
 async def predict_proba(model: ServedModel, batch: np.ndarray) -> np.ndarray:
@@ -53,6 +199,9 @@ async def predict_proba(model: ServedModel, batch: np.ndarray) -> np.ndarray:
     if info is not None:
         info["model"] = model.name
         info["batch"] = len(batch)
+    if (BatchSettings.enabled() and len(batch) < BatchSettings.max_size
+            and batch.size <= INLINE_MAX_ELEMENTS):
+        return await _batcher(model).submit(batch)
     count, latency, batch_size, errors = metrics.model_metrics(model.name)
     start = time.perf_counter()
     try:

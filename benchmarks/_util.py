@@ -14,6 +14,7 @@ for _name in THREAD_VARIABLES:
     os.environ[_name] = "1"
 
 import platform  # noqa: E402
+import re  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -24,10 +25,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-# `python benchmarks/x.py` puts this folder first on sys.path, where a script named like a
-# standard module (http.py) would shadow it for torch and everything after: drop it (this
-# module is imported by then), and put the checkout there so nnlib imports uninstalled.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
+# Put the checkout on sys.path so nnlib and app import uninstalled.
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -186,3 +184,21 @@ def environment(torch=None, ort=None) -> list[str]:
              f"{p['num_threads']} thread)" for p in threadpool_info()]
     lines.append("BLAS/OpenMP pools: " + "; ".join(pools))
     return lines
+
+
+def write_results(script: str, heading: str, block: str) -> None:
+    """Replace the block that ``script`` generated in RESULTS.md (under ``## heading``).
+
+    Only the text between ``<!-- script:begin -->`` and ``<!-- script:end -->`` changes, so
+    the hand-written notes around it stay; a missing section is appended.
+    """
+    path = ROOT / "benchmarks" / "RESULTS.md"
+    begin, end = f"<!-- {script}:begin -->", f"<!-- {script}:end -->"
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    generated = f"{begin}\n{block}\n{end}"
+    if begin in text and end in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: generated, text,
+                      flags=re.S)
+    else:
+        text = text.rstrip("\n") + f"\n\n## {heading}\n\n{generated}\n"
+    path.write_text(text)

@@ -30,7 +30,6 @@ Runtime, on the shipped networks, at batch 1, 32 and 1024, float32, one thread.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 
 import _util  # first: pins every thread pool to one thread before numpy loads
@@ -507,19 +506,6 @@ def _native_convs(conv: Conv1D, x: np.ndarray, x_ncl: np.ndarray) -> dict:
     return others
 
 
-def write_results(block: str) -> None:
-    """Replace the generated block of the "## nnlib forward" section of RESULTS.md."""
-    path = _util.ROOT / "benchmarks" / "RESULTS.md"
-    begin, end = "<!-- forward.py:begin -->", "<!-- forward.py:end -->"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    generated = f"{begin}\n{block}\n{end}"
-    if begin in text and end in text:
-        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: generated, text,
-                      flags=re.S)
-    else:
-        text = text.rstrip("\n") + f"\n\n## nnlib forward\n\n{generated}\n"
-    path.write_text(text)
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -570,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     block = "\n".join(lines)
     print(block)
     if args.write:
-        write_results(block)
+        _util.write_results("forward.py", "nnlib forward", block)
     return 0
 
 

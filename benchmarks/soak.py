@@ -19,10 +19,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# `python benchmarks/soak.py` puts benchmarks/ first on sys.path, where http.py would
-# shadow the standard library's http (which httpx imports): drop it, add the checkout.
+# Put the checkout on sys.path so app imports uninstalled.
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

@@ -27,7 +27,6 @@ import argparse
 import cProfile
 import io
 import pstats
-import re
 import sys
 
 import _util  # first: pins every thread pool to one thread before numpy loads
@@ -193,19 +192,6 @@ def profile(arch: str, epochs: int) -> str:
     return out.getvalue()
 
 
-def write_results(block: str) -> None:
-    """Replace the generated block of the "## nnlib training" section of RESULTS.md."""
-    path = _util.ROOT / "benchmarks" / "RESULTS.md"
-    begin, end = "<!-- train.py:begin -->", "<!-- train.py:end -->"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    generated = f"{begin}\n{block}\n{end}"
-    if begin in text and end in text:
-        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: generated, text,
-                      flags=re.S)
-    else:
-        text = text.rstrip("\n") + f"\n\n## nnlib training\n\n{generated}\n"
-    path.write_text(text)
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -266,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     block = "\n".join(lines)
     print(block)
     if args.write:
-        write_results(block)
+        _util.write_results("train.py", "nnlib training", block)
     return 0
 
 
