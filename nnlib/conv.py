@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from .linear import _uniform
+from .linear import WeightedModule
 from .module import Module
 
 
@@ -51,7 +51,7 @@ def _scatter_windows(d_windows: np.ndarray, length: int, stride: int) -> np.ndar
     return out
 
 
-class Conv1D(Module):
+class Conv1D(WeightedModule):
     r"""1-D convolution (cross-correlation) over the length axis.
 
     .. math::
@@ -98,21 +98,8 @@ class Conv1D(Module):
         self.chan_in = int(chan_in)
         self.chan_out = int(chan_out)
         self.stride = int(stride)
-        self.dtype = np.dtype(dtype)
-        rng = np.random.default_rng(rng)
-        bound = 1 / np.sqrt(self.k_size * self.chan_in)
-        shape = (self.k_size, self.chan_in, self.chan_out)
-        self._add_parameter("weight", _uniform(rng, bound, shape, self.dtype))
-        if bias:
-            self._add_parameter("bias", _uniform(rng, bound, (self.chan_out,), self.dtype))
-
-    @property
-    def weight(self) -> np.ndarray:
-        return self._parameters["weight"]
-
-    @property
-    def bias(self) -> np.ndarray | None:
-        return self._parameters.get("bias")
+        self._init_parameters((self.k_size, self.chan_in, self.chan_out),
+                              self.k_size * self.chan_in, bias, dtype, rng)
 
     def _im2col(self, X: np.ndarray) -> np.ndarray:
         """Return the windows of ``X`` as a matrix (N * L_out, K * C_in), kernel-major."""

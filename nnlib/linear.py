@@ -9,11 +9,34 @@ from .module import Module
 _FLOAT32 = np.dtype(np.float32)
 
 
-def _uniform(rng: np.random.Generator, bound: float, shape: tuple, dtype: np.dtype) -> np.ndarray:
-    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+class WeightedModule(Module):
+    """A layer with a ``weight`` and an optional ``bias``, initialised as PyTorch does."""
+
+    def _init_parameters(self, weight_shape: tuple[int, ...], fan_in: int, bias: bool,
+                         dtype, rng: np.random.Generator | int | None) -> None:
+        r"""Draw the weight, then the bias (the weight's last size), uniform in
+        :math:`\pm 1/\sqrt{\text{fan\_in}}`."""
+        self.dtype = np.dtype(dtype)
+        rng = np.random.default_rng(rng)
+        bound = 1 / np.sqrt(fan_in)
+
+        def draw(shape: tuple[int, ...]) -> np.ndarray:
+            return rng.uniform(-bound, bound, size=shape).astype(self.dtype)
+
+        self._add_parameter("weight", draw(weight_shape))
+        if bias:
+            self._add_parameter("bias", draw(weight_shape[-1:]))
+
+    @property
+    def weight(self) -> np.ndarray:
+        return self._parameters["weight"]
+
+    @property
+    def bias(self) -> np.ndarray | None:
+        return self._parameters.get("bias")
 
 
-class Linear(Module):
+class Linear(WeightedModule):
     r"""Affine map of the last axis: :math:`y = xW + b`.
 
     .. math::
@@ -54,22 +77,8 @@ class Linear(Module):
             raise ValueError(f"Linear needs positive sizes, got {in_features}, {out_features}")
         self.in_features = int(in_features)
         self.out_features = int(out_features)
-        self.dtype = np.dtype(dtype)
-        rng = np.random.default_rng(rng)
-        bound = 1 / np.sqrt(self.in_features)
-        self._add_parameter(
-            "weight", _uniform(rng, bound, (self.in_features, self.out_features), self.dtype)
-        )
-        if bias:
-            self._add_parameter("bias", _uniform(rng, bound, (self.out_features,), self.dtype))
-
-    @property
-    def weight(self) -> np.ndarray:
-        return self._parameters["weight"]
-
-    @property
-    def bias(self) -> np.ndarray | None:
-        return self._parameters.get("bias")
+        self._init_parameters((self.in_features, self.out_features), self.in_features, bias,
+                              dtype, rng)
 
     def forward(self, X: np.ndarray) -> np.ndarray:
         params = self._parameters
