@@ -186,11 +186,12 @@ def environment(torch=None, ort=None) -> list[str]:
     return lines
 
 
-def write_results(script: str, heading: str, block: str) -> None:
+def write_results(script: str, heading: str | None, block: str) -> None:
     """Replace the block that ``script`` generated in RESULTS.md (under ``## heading``).
 
     Only the text between ``<!-- script:begin -->`` and ``<!-- script:end -->`` changes, so
-    the hand-written notes around it stay; a missing section is appended.
+    the hand-written notes around it stay; a missing block is appended (after a new
+    ``## heading`` unless ``heading`` is None).
     """
     path = ROOT / "benchmarks" / "RESULTS.md"
     begin, end = f"<!-- {script}:begin -->", f"<!-- {script}:end -->"
@@ -200,5 +201,6 @@ def write_results(script: str, heading: str, block: str) -> None:
         text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: generated, text,
                       flags=re.S)
     else:
-        text = text.rstrip("\n") + f"\n\n## {heading}\n\n{generated}\n"
+        title = f"## {heading}\n\n" if heading else ""
+        text = text.rstrip("\n") + f"\n\n{title}{generated}\n"
     path.write_text(text)

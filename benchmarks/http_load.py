@@ -247,21 +247,6 @@ def check_agreement(nnserve_url: str, minimal_url: str, body: bytes) -> None:
         raise SystemExit("http_load.py: nnserve and the minimal endpoint disagree")
 
 
-def write_results(block: str, tag: str = "") -> None:
-    """Replace the generated block ``tag`` of the "## HTTP serving" section of RESULTS.md."""
-    path = ROOT / "benchmarks" / "RESULTS.md"
-    name = f"http_load.py{':' + tag if tag else ''}"
-    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    generated = f"{begin}\n{block}\n{end}"
-    if begin in text and end in text:
-        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: generated, text,
-                      flags=re.S)
-    else:
-        heading = "" if tag else "## HTTP serving\n\n"
-        text = text.rstrip("\n") + f"\n\n{heading}{generated}\n"
-    path.write_text(text)
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -417,7 +402,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(block)
     if args.write:
-        write_results(block, args.tag)
+        if args.tag:  # a further table under the same section
+            _util.write_results(f"http_load.py:{args.tag}", None, block)
+        else:
+            _util.write_results("http_load.py", "HTTP serving", block)
     return 0
 
 
