@@ -39,36 +39,45 @@ READ_TIMED_OUT = "nnserve.read_timed_out"
 
 
 class _CoalescingTransport:
-    """A transport that sends a response head in the same socket write as what follows it.
+    """A transport that sends each answer in one socket write, and batches them under load.
 
-    uvicorn writes the status line and headers, then the body. The head is held and joined
-    to the next write, so a whole answer goes out at once; a head with nothing after it
-    (HEAD, 204, 100 Continue) goes out on the next event-loop turn. Holding every write
-    until the next turn instead cost a quarter of the throughput of one client.
+    uvicorn writes the status line and headers, then the body. A head is held and joined to
+    the write that follows it, so an answer leaves whole. While other requests are in
+    flight in this process, writes wait for the next event-loop turn instead and leave
+    together: measured with wrk at 16 connections, that gives 27 % more answers per second
+    (clients answered together send their next requests together, and one wake-up of the
+    server serves them all); with a single client the wait is pure cost (25 % fewer), so
+    an idle server writes at once. A head with nothing after it (HEAD, 204, 100 Continue)
+    leaves on the next turn.
     """
 
-    __slots__ = ("_head", "_loop", "_transport")
+    __slots__ = ("_loop", "_pending", "_scheduled", "_tasks", "_transport")
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop,
+                 tasks: set) -> None:
         self._transport = transport
         self._loop = loop
-        self._head: bytes | None = None
+        self._tasks = tasks  # uvicorn's requests in flight in this process
+        self._pending: list[bytes] = []
+        self._scheduled = False
 
     def write(self, data: bytes) -> None:
-        if self._head is not None:
-            data, self._head = self._head + data, None
-            self._transport.write(data)
-        elif data.startswith(b"HTTP/1.1 ") and data.endswith(b"\r\n\r\n"):
-            self._head = data
-            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+        is_head = data.startswith(b"HTTP/1.1 ") and data.endswith(b"\r\n\r\n")
+        if is_head or len(self._tasks) > 1:
+            if not self._scheduled:
+                self._scheduled = True
+                self._loop.call_soon(self._flush)
         else:
-            self._transport.write(data)
+            self._flush()
 
     def _flush(self) -> None:
-        if self._head is not None:
-            head, self._head = self._head, None
+        self._scheduled = False
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
             if not self._transport.is_closing():
-                self._transport.write(head)
+                self._transport.write(data)
 
     def write_eof(self) -> None:
         self._flush()
@@ -79,7 +88,7 @@ class _CoalescingTransport:
         self._transport.close()
 
     def abort(self) -> None:
-        self._head = None
+        self._pending.clear()
         self._transport.abort()
 
     def __getattr__(self, name: str):
@@ -98,7 +107,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             GuardedHttpToolsProtocol.read_timeout = Settings().read_timeout
         super().connection_made(transport)
         # uvicorn's flow control keeps the real transport; requests write through this one.
-        self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
+        self.transport = _CoalescingTransport(  # type: ignore[assignment]
+            transport, self.loop, self.tasks)
         self._in_head = True  # waiting for (the rest of) a request head
         self._head_bytes = 0
         self._body_pending = False
