@@ -82,14 +82,18 @@ def served_models() -> dict[str, ServedModel]:
     return {model.name: model for model in models}
 
 
-@pytest.fixture
-def artifact_dir(tmp_path: Path) -> Path:
-    """A model folder holding the two tiny networks as nnlib artifacts."""
-    folder = tmp_path / "models"
-    folder.mkdir()
+def save_tiny_models(folder: Path) -> Path:
+    """Write the two tiny networks into ``folder`` (created if needed) as nnlib artifacts."""
+    folder.mkdir(parents=True, exist_ok=True)
     for net, metadata in (tiny_mlp(), tiny_cnn()):
         nnlib.save(folder / f"{metadata['name']}.joblib", net, metadata)
     return folder
+
+
+@pytest.fixture
+def artifact_dir(tmp_path: Path) -> Path:
+    """A model folder holding the two tiny networks as nnlib artifacts."""
+    return save_tiny_models(tmp_path / "models")
 
 
 @pytest.fixture

@@ -17,28 +17,15 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Server, run_server, server_env, tiny_cnn, tiny_mlp
-
-import nnlib
+from conftest import Server, run_server, server_env
 
 THREADS = 12
 LOAD_BEFORE_SIGTERM = 1.5  # seconds of traffic before the signal
 EXIT_WITHIN = 60.0  # generous bound on the whole shutdown; no test measures its speed
 CLIENT_TIMEOUT = 60.0
-
-
-@pytest.fixture
-def model_dir(tmp_path: Path) -> Path:
-    """The tiny networks in a model folder (fast to start, same code paths)."""
-    folder = tmp_path / "models"
-    folder.mkdir()
-    for net, metadata in (tiny_mlp(), tiny_cnn()):
-        nnlib.save(folder / f"{metadata['name']}.joblib", net, metadata)
-    return folder
 
 
 # --- the load generator ------------------------------------------------------------------------
@@ -206,10 +193,10 @@ def summary(outcomes: dict[str, Outcome]) -> dict[str, int]:
 
 
 @pytest.mark.timeout(180)
-def test_sigterm_under_load_answers_every_request_it_took(tmp_path, model_dir):
+def test_sigterm_under_load_answers_every_request_it_took(tmp_path, artifact_dir):
     """Load plus half-sent bodies, then SIGTERM: whatever the server took, it answered."""
     env = server_env(log_format="json", graceful_timeout=20)
-    with run_server(tmp_path, "--model-dir", str(model_dir), env=env) as server:
+    with run_server(tmp_path, "--model-dir", str(artifact_dir), env=env) as server:
         load = Load(server)
         load.start(THREADS)
         try:
@@ -247,10 +234,10 @@ def test_sigterm_under_load_answers_every_request_it_took(tmp_path, model_dir):
 
 
 @pytest.mark.timeout(180)
-def test_sigterm_with_a_drain_delay_loses_nothing(tmp_path, model_dir):
+def test_sigterm_with_a_drain_delay_loses_nothing(tmp_path, artifact_dir):
     """With NNSERVE_DRAIN_DELAY, clients that stop when /ready turns 503 lose nothing at all."""
     env = server_env(log_format="json", drain_delay=3)
-    with run_server(tmp_path, "--model-dir", str(model_dir), env=env) as server:
+    with run_server(tmp_path, "--model-dir", str(artifact_dir), env=env) as server:
         load = Load(server)
         load.start(THREADS)
         try:
@@ -280,10 +267,10 @@ def test_sigterm_with_a_drain_delay_loses_nothing(tmp_path, model_dir):
 
 
 @pytest.mark.timeout(180)
-def test_stalled_and_idle_clients_do_not_hold_the_shutdown(tmp_path, model_dir):
+def test_stalled_and_idle_clients_do_not_hold_the_shutdown(tmp_path, artifact_dir):
     """A request stalled mid-body, idle and silent connections: the server still exits 0."""
     env = server_env(graceful_timeout=2)
-    with run_server(tmp_path, "--model-dir", str(model_dir), env=env) as server:
+    with run_server(tmp_path, "--model-dir", str(artifact_dir), env=env) as server:
         host, port = server.url.removeprefix("http://").split(":")
         with contextlib.ExitStack() as stack:
 
@@ -304,10 +291,11 @@ def test_stalled_and_idle_clients_do_not_hold_the_shutdown(tmp_path, model_dir):
 
 
 @pytest.mark.timeout(180)
-def test_sigterm_with_two_workers_exits_0(tmp_path, model_dir):
+def test_sigterm_with_two_workers_exits_0(tmp_path, artifact_dir):
     """``--workers 2`` under load: the supervisor and its workers stop cleanly, status 0."""
     env = server_env(log_format="json")
-    with run_server(tmp_path, "--model-dir", str(model_dir), "--workers", "2", env=env) as server:
+    args = ("--model-dir", str(artifact_dir), "--workers", "2")
+    with run_server(tmp_path, *args, env=env) as server:
         load = Load(server)
         load.start(4)
         try:

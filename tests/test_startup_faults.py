@@ -27,7 +27,15 @@ from pathlib import Path
 import httpx
 import joblib
 import pytest
-from conftest import STARTUP_TIMEOUT, Server, free_port, run_server, server_env, tiny_cnn, tiny_mlp
+from conftest import (
+    STARTUP_TIMEOUT,
+    Server,
+    free_port,
+    run_server,
+    save_tiny_models,
+    server_env,
+    tiny_mlp,
+)
 
 import nnlib
 from app import log
@@ -126,13 +134,6 @@ HOSTILE: dict[str, tuple[Callable[[Path], None], str]] = {
 }
 
 
-def _good_folder(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for net, metadata in (tiny_mlp(), tiny_cnn()):
-        nnlib.save(folder / f"{metadata['name']}.joblib", net, metadata)
-    return folder
-
-
 @contextlib.contextmanager
 def captured(logger: str) -> Iterator[list[logging.LogRecord]]:
     """Collect the records of ``logger`` (the service's loggers do not propagate to root)."""
@@ -157,7 +158,7 @@ def captured(logger: str) -> Iterator[list[logging.LogRecord]]:
 @pytest.mark.parametrize("filename", sorted(HOSTILE))
 def test_one_hostile_artifact_is_skipped_and_the_rest_served(tmp_path, filename):
     """A folder of good models plus one hostile file: the good ones serve, the log says why."""
-    folder = _good_folder(tmp_path / "models")
+    folder = save_tiny_models(tmp_path / "models")
     build, _why = HOSTILE[filename]
     build(folder / filename)
     app = create_app(Settings(model_dir=folder))
@@ -180,7 +181,7 @@ def test_one_hostile_artifact_is_skipped_and_the_rest_served(tmp_path, filename)
 @pytest.mark.timeout(180)
 def test_real_server_with_every_hostile_artifact_at_once(tmp_path):
     """``python -m app`` on a folder of good and hostile files serves the good ones."""
-    folder = _good_folder(tmp_path / "models")
+    folder = save_tiny_models(tmp_path / "models")
     for filename, (build, _why) in HOSTILE.items():
         build(folder / filename)
     with run_server(tmp_path, "--model-dir", str(folder)) as server:
@@ -284,7 +285,7 @@ def _a_file(path: Path) -> Path:
 
 
 def _unreadable(folder: Path) -> Path:
-    _good_folder(folder)
+    save_tiny_models(folder)
     folder.chmod(0)
     return folder
 
