@@ -280,7 +280,6 @@ def test_evaluate_and_accuracy():
 # --- real data: scikit-learn digits ---------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_digits_mlp_ending_in_softmax(digits):
     X_train, X_test, y_train, y_test = digits
     net = nn.Sequential(*mlp(seed=0, hidden=128).modules, nn.Softmax())
@@ -296,7 +295,6 @@ def test_digits_mlp_ending_in_softmax(digits):
     assert accuracy >= 0.96
 
 
-@pytest.mark.slow
 def test_digits_conv1d_ending_in_logsoftmax(digits):
     X_train, X_test, y_train, y_test = digits
     # each 8x8 image is a sequence of 8 rows of 8 channels

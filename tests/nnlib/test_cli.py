@@ -12,8 +12,8 @@ import pytest
 
 import nnlib
 from nnlib import cli
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 SHIPPED = {
     # name: (output head, input_shape, layer types)

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_deploy_files import (
+
+from tests.deploy.test_deploy_files import (
     NGINX_CONF,
     ROOT,
     compose,
@@ -47,7 +48,6 @@ NGINX = shutil.which("nginx") or next(
 )
 
 pytestmark = [
-    pytest.mark.slow,
     pytest.mark.skipif(
         NGINX is None,
         reason="nginx is not installed: `apt-get install -y nginx-light` (Debian/Ubuntu; "

@@ -8,12 +8,12 @@ import warnings
 import numpy as np
 import pytest
 import scipy.special
-from gradcheck import check_delta, check_module, numerical_gradient, relative_error
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import nnlib as nn
+from tests.helpers.gradcheck import check_delta, check_module, numerical_gradient, relative_error
 
 ALL = [
     nn.TanH,

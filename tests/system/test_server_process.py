@@ -21,11 +21,10 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 import pytest
-from conftest import ROOT, run_server, server_env, wait_until_ready
 
 import nnlib
-
-pytestmark = pytest.mark.slow
+from tests.helpers import ROOT
+from tests.helpers.servers import Server, free_port, run_server, server_env, wait_until_ready
 
 MODELS = {"digits-mlp": (64,), "digits-cnn": (8, 8)}
 CHUNK = 1024  # the default NNSERVE_MAX_BATCH
@@ -377,7 +376,7 @@ def test_two_workers_share_their_metrics(tmp_path, shipped_dir):
 
 
 def test_uvicorn_serves_app_main_app(tmp_path, shipped_dir):
-    port = str(__import__("conftest").free_port())
+    port = str(free_port())
     log_path = tmp_path / "uvicorn.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
@@ -387,7 +386,7 @@ def test_uvicorn_serves_app_main_app(tmp_path, shipped_dir):
             env=server_env(),
             cwd=tmp_path,
         )
-    server = __import__("conftest").Server(process, f"http://127.0.0.1:{port}", log_path)
+    server = Server(process, f"http://127.0.0.1:{port}", log_path)
     try:
         wait_until_ready(server)
         response = httpx.post(server.url + "/predict", json={"inputs": [[0] * 64]})

@@ -7,7 +7,6 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import tiny_cnn, tiny_mlp
 
 import nnlib
 from app import inference
@@ -16,6 +15,7 @@ from app.config import Settings
 from app.inference import InferenceError, predict_proba
 from app.registry import ModelNotFoundError, Registry, ServedModel
 from app.validation import InputError, batch_from_json, check_batch
+from tests.helpers import tiny_cnn, tiny_mlp
 
 # --- settings ------------------------------------------------------------------------------
 

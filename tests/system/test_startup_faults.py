@@ -27,20 +27,13 @@ from pathlib import Path
 import httpx
 import joblib
 import pytest
-from conftest import (
-    STARTUP_TIMEOUT,
-    Server,
-    free_port,
-    run_server,
-    save_tiny_models,
-    server_env,
-    tiny_mlp,
-)
 
 import nnlib
 from app import log
 from app.config import Settings
 from app.main import create_app
+from tests.helpers import save_tiny_models, tiny_mlp
+from tests.helpers.servers import STARTUP_TIMEOUT, Server, free_port, run_server, server_env
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # Starlette's note about its own test client

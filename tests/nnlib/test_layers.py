@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gradcheck import check_delta, check_module, check_parameters, numerical_gradient
 
 import nnlib as nn
+from tests.helpers.gradcheck import check_delta, check_module, check_parameters, numerical_gradient
 
 # --- plain-loop references (deliberately naive: one scalar operation at a time) ------------
 

@@ -16,14 +16,14 @@ import warnings
 import httpx
 import numpy as np
 import pytest
-from conftest import run_server, tiny_cnn, tiny_mlp
 from hypothesis import HealthCheck, currently_in_test_context, event, example, given, settings
 from hypothesis import strategies as st
 
-import nnlib
 from app.config import Settings
 from app.main import create_app
 from app.registry import Registry, ServedModel
+from tests.helpers import save_tiny_models, tiny_cnn, tiny_mlp
+from tests.helpers.servers import run_server
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # Starlette's note about its own test client
@@ -521,8 +521,7 @@ def hostile_corpus() -> list[tuple[str, bytes, object]]:
 def real_server(tmp_path_factory):
     """A ``python -m app`` process serving the tiny models from a folder."""
     folder = tmp_path_factory.mktemp("v2fuzz-models")
-    for net, metadata in (tiny_mlp(), tiny_cnn()):
-        nnlib.save(folder / f"{metadata['name']}.joblib", net, metadata)
+    save_tiny_models(folder)
     with run_server(tmp_path_factory.mktemp("v2fuzz"), "--model-dir", str(folder)) as server:
         yield server
 
@@ -539,6 +538,7 @@ def raw_exchange(url: str, request: bytes) -> bytes:
     return b"".join(chunks)
 
 
+@pytest.mark.system
 def test_real_server_answers_the_hostile_corpus_and_keeps_serving(real_server):
     """Every hostile V2 body gets a 4xx over TCP, and the server answers normally after."""
     with httpx.Client(base_url=real_server.url, timeout=30) as http:

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
-from conftest import Server, run_server, server_env
+
+from tests.helpers.servers import Server, run_server, server_env
 
 THREADS = 12
 LOAD_BEFORE_SIGTERM = 1.5  # seconds of traffic before the signal

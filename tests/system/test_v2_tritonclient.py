@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -14,9 +13,8 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-pytestmark = pytest.mark.slow
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 MODELS = {"digits-mlp": (64,), "digits-cnn": (8, 8)}
 # The default NNSERVE_MAX_BATCH: scikit-learn's 1797 digits go in two requests.
 CHUNK = 1024

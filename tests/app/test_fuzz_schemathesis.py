@@ -11,7 +11,6 @@ from __future__ import annotations
 import hypothesis
 import pytest
 import schemathesis
-from conftest import tiny_cnn, tiny_mlp
 from hypothesis import HealthCheck
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
@@ -24,6 +23,7 @@ from schemathesis.specs.openapi.checks import (
 from app.config import Settings
 from app.main import create_app
 from app.registry import Registry, ServedModel
+from tests.helpers import tiny_cnn, tiny_mlp
 
 SEED = 20260101
 MAX_EXAMPLES = 100

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_deploy_files import (
+
+from tests.deploy.test_deploy_files import (
     DOCKERFILE,
     DOCKERIGNORE,
     ROOT,
@@ -49,7 +50,7 @@ from test_deploy_files import (
     shutdown_seconds,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 
 # scikit-learn's first digits image, a zero (8x8 pixels, 0..16), as a client would send it.
 ZERO_PIXELS = """

@@ -13,13 +13,13 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import tiny_cnn, tiny_mlp
 from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 
 from app.config import Settings
 from app.main import create_app
 from app.registry import Registry, ServedModel
+from tests.helpers import tiny_cnn, tiny_mlp
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # Starlette's note about its own test client

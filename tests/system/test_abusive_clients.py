@@ -22,9 +22,10 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import Server, run_server, server_env, tiny_cnn, tiny_mlp
 
 import nnlib
+from tests.helpers import tiny_cnn, tiny_mlp
+from tests.helpers.servers import Server, run_server, server_env
 
 IDLE_CONNECTIONS = 1100
 KEEP_ALIVE_TIMEOUT = 2  # seconds; NNSERVE_KEEP_ALIVE_TIMEOUT for the server under test

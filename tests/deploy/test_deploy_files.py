@@ -29,7 +29,8 @@ try:
 except ImportError:  # Python 3.10: the test extra brings tomli
     import tomli as tomllib
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE = ROOT / "compose.yaml"

@@ -8,9 +8,9 @@ import warnings
 import numpy as np
 import pytest
 import scipy.special
-from gradcheck import check_loss
 
 import nnlib as nn
+from tests.helpers.gradcheck import check_loss
 
 LOSSES = [nn.MSELoss, nn.BCELoss, nn.CrossEntropyLoss, nn.NLLLoss]
 LOSS_IDS = ["MSE", "BCE", "CrossEntropy", "NLL"]

@@ -10,12 +10,12 @@ import asyncio
 
 import numpy as np
 import pytest
-from conftest import tiny_mlp
 
 import nnlib
 from app import inference
 from app.inference import Batcher, InferenceError, predict_proba
 from app.registry import ServedModel
+from tests.helpers import tiny_mlp
 
 NEVER = 3600.0  # seconds: a delay that never elapses within a test
 
