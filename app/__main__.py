@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import sys
@@ -69,17 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     if settings.workers == 1:
         from app.main import create_app
 
-        app = create_app(settings)
         # After a graceful shutdown uvicorn restores the SIGTERM handler it found and raises
         # the signal again, so the process would die "by" SIGTERM (status 143). Ignoring it
         # here makes a clean shutdown exit with status 0; uvicorn's own handler is in place
         # while it serves.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        uvicorn.run(app, **_uvicorn_options(settings))
+        uvicorn.run(functools.partial(create_app, settings), factory=True,
+                    **_uvicorn_options(settings))
         return 0
 
-    # Workers are fresh interpreters that import app.main:app and build their settings from
-    # the environment: hand the flags on through it.
+    # Workers are fresh interpreters that call app.main:create_app, which reads its
+    # settings from the environment: hand the flags on through it.
     for name in FLAGS:
         value = getattr(settings, name)
         if value is not None:
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         # prometheus-client's multiprocess mode: every worker writes its values here and
         # /metrics on any worker adds them up. Set before a worker imports prometheus_client.
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
-        uvicorn.run("app.main:app", workers=settings.workers, **_uvicorn_options(settings))
+        uvicorn.run("app.main:create_app", factory=True, workers=settings.workers,
+                    **_uvicorn_options(settings))
     return 0
 
 

@@ -83,6 +83,15 @@ class Settings(BaseSettings):
             return [item.strip() for item in text.split(",") if item.strip()]
         return value
 
+    @field_validator("api_key")
+    @classmethod
+    def _key_can_match(cls, value: str | None) -> str | None:
+        # A key that no Authorization header can carry would lock every client out.
+        if value is not None and (value != value.strip() or not value.isprintable()):
+            raise ValueError("the API key must not start or end with spaces, nor hold "
+                             "control characters: no Authorization header could carry it")
+        return value
+
     @field_validator("api_key", "default_model", "model_dir", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

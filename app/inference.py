@@ -3,8 +3,9 @@
 Adaptive batching (off by default; ``NNSERVE_BATCH_MAX_SIZE`` > 1 and
 ``NNSERVE_BATCH_MAX_DELAY_MS`` > 0 turn it on): as Triton's dynamic batcher does, small
 requests for the same model that arrive within the delay are merged into one forward pass
-of at most the maximum size, and each gets its own rows back. Every protocol goes through
-:func:`predict_proba`, so native and V2 requests are merged alike.
+of at most the maximum size, and each gets its own rows back. The dataplane owns one
+:class:`InferenceRunner` per application and every protocol goes through it, so native and
+V2 requests are merged alike.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 from anyio import to_thread
 
 from app import metrics
+from app.errors import InferenceError
 from app.log import REQUEST_INFO
 from app.registry import ServedModel
 
@@ -23,10 +25,6 @@ from app.registry import ServedModel
 # inline is cheaper than a thread hop. Past this many numbers the batch goes to a worker
 # thread (numpy releases the GIL in matrix products) so health checks stay responsive.
 INLINE_MAX_ELEMENTS = 16384
-
-
-class InferenceError(ValueError):
-    """The network gave no usable probabilities for this batch (e.g. it overflowed)."""
 
 
 def _forward(model: ServedModel, batch: np.ndarray) -> np.ndarray:
@@ -61,24 +59,6 @@ def _run(model: ServedModel, batch: np.ndarray) -> np.ndarray:
 
 
 # --- adaptive batching ------------------------------------------------------------------
-
-
-class BatchSettings:
-    """The batching bounds in force in this process (see :func:`configure_batching`)."""
-
-    max_size = 1
-    max_delay = 0.0  # seconds
-
-    @classmethod
-    def enabled(cls) -> bool:
-        return cls.max_size > 1 and cls.max_delay > 0
-
-
-def configure_batching(max_size: int, max_delay_ms: float) -> None:
-    """Merge up to ``max_size`` samples waiting at most ``max_delay_ms``; size 1 or delay 0
-    turns batching off."""
-    BatchSettings.max_size = max(1, int(max_size))
-    BatchSettings.max_delay = max(0.0, float(max_delay_ms)) / 1000
 
 
 class Batcher:
@@ -164,56 +144,62 @@ def _run_group(model: ServedModel, group: list[tuple[np.ndarray, asyncio.Future]
     latency.observe(time.perf_counter() - start)
 
 
-_batchers: dict[tuple[int, int], Batcher] = {}
+class InferenceRunner:
+    """Runs checked batches through their networks for one application, batching if asked.
 
-
-def _batcher(model: ServedModel) -> Batcher:
-    loop = asyncio.get_running_loop()
-    key = (id(model), id(loop))
-    batcher = _batchers.get(key)
-    if batcher is None or batcher.model is not model or batcher.loop is not loop:
-        batcher = _batchers[key] = Batcher(model, loop, BatchSettings.max_size,
-                                           BatchSettings.max_delay)
-    return batcher
-
-
-def flush_batches() -> None:
-    """Run every pending group now (at shutdown: no request is left waiting)."""
-    for key, batcher in list(_batchers.items()):
-        if batcher.loop.is_closed():
-            del _batchers[key]
-        else:
-            batcher.flush()
-
-
-# --- the entry point ----------------------------------------------------------------------
-
-
-async def predict_proba(model: ServedModel, batch: np.ndarray) -> np.ndarray:
-    """Return float32 class probabilities, shape ``(n, n_classes)``, for a checked batch.
-
-    A LogSoftmax head's output is exponentiated, so every row sums to 1 whatever the head.
-    Raises :class:`InferenceError` instead of ever returning NaN or infinity.
+    ``max_batch_size`` > 1 with ``max_delay_ms`` > 0 turns adaptive batching on. The
+    pending groups live here, one :class:`Batcher` per model and event loop, so two
+    applications in one process (tests, or an embedding program) never share them.
     """
-    info = REQUEST_INFO.get()
-    if info is not None:
-        info["model"] = model.name
-        info["batch"] = len(batch)
-    if (BatchSettings.enabled() and len(batch) < BatchSettings.max_size
-            and batch.size <= INLINE_MAX_ELEMENTS):
-        return await _batcher(model).submit(batch)
-    count, latency, batch_size, errors = metrics.model_metrics(model.name)
-    start = time.perf_counter()
-    try:
-        if batch.size > INLINE_MAX_ELEMENTS:
-            probs = await to_thread.run_sync(_run, model, batch)
-        else:
-            probs = _run(model, batch)
-    except InferenceError:
-        errors.inc()
-        raise
-    finally:
-        latency.observe(time.perf_counter() - start)
-        count.inc()
-        batch_size.observe(len(batch))
-    return probs
+
+    def __init__(self, max_batch_size: int = 1, max_delay_ms: float = 0.0) -> None:
+        self.max_batch_size = max(1, int(max_batch_size))
+        self.max_delay = max(0.0, float(max_delay_ms)) / 1000  # seconds
+        self.batching = self.max_batch_size > 1 and self.max_delay > 0
+        self._batchers: dict[int, Batcher] = {}
+
+    def _batcher(self, model: ServedModel) -> Batcher:
+        loop = asyncio.get_running_loop()
+        batcher = self._batchers.get(id(model))
+        if batcher is None or batcher.model is not model or batcher.loop is not loop:
+            batcher = self._batchers[id(model)] = Batcher(model, loop, self.max_batch_size,
+                                                          self.max_delay)
+        return batcher
+
+    def flush(self) -> None:
+        """Run every pending group now (at shutdown: no request is left waiting)."""
+        for key, batcher in list(self._batchers.items()):
+            if batcher.loop.is_closed():
+                del self._batchers[key]
+            else:
+                batcher.flush()
+
+    async def predict_proba(self, model: ServedModel, batch: np.ndarray) -> np.ndarray:
+        """Return float32 class probabilities, shape ``(n, n_classes)``, for a checked batch.
+
+        A LogSoftmax head's output is exponentiated, so every row sums to 1 whatever the
+        head. Raises :class:`~app.errors.InferenceError` instead of ever returning NaN or
+        infinity.
+        """
+        info = REQUEST_INFO.get()
+        if info is not None:
+            info["model"] = model.name
+            info["batch"] = len(batch)
+        if (self.batching and len(batch) < self.max_batch_size
+                and batch.size <= INLINE_MAX_ELEMENTS):
+            return await self._batcher(model).submit(batch)
+        count, latency, batch_size, errors = metrics.model_metrics(model.name)
+        start = time.perf_counter()
+        try:
+            if batch.size > INLINE_MAX_ELEMENTS:
+                probs = await to_thread.run_sync(_run, model, batch)
+            else:
+                probs = _run(model, batch)
+        except InferenceError:
+            errors.inc()
+            raise
+        finally:
+            latency.observe(time.perf_counter() - start)
+            count.inc()
+            batch_size.observe(len(batch))
+        return probs

@@ -19,6 +19,21 @@ _RECORD_FIELDS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"
                                                              "color_message"}
 
 
+# Longest text from a client or a file that a log line quotes; the rest is cut.
+MAX_QUOTED_CHARS = 256
+
+
+def escape(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
+    """Return ``text`` safe for one log line: control characters escaped, at most ``limit``.
+
+    Newlines, escape sequences and other non-printable characters from a file name, a
+    model version or a request would otherwise forge or garble log lines.
+    """
+    if len(text) > limit:
+        text = text[:limit] + f"... ({len(text) - limit} more characters)"
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 class _SecondCache:
     """strftime once per second: every access-log line needs a timestamp."""
 

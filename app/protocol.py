@@ -18,8 +18,18 @@ body that stops half-way would each hold a descriptor (and, mid-body, a task) fo
   it can no longer retry elsewhere; :class:`_CoalescingTransport` joins the head to the
   body, so an answer leaves whole or not at all (and costs one system call).
 
-``python -m app`` serves with this protocol; the hooks it uses are the parser callbacks and
-``data_received`` of uvicorn's ``HttpToolsProtocol``.
+``python -m app`` serves with this protocol. uvicorn has no public option for any of these
+guards (its ``h11_max_incomplete_event_size`` bounds only the h11 parser's head), so this
+subclasses ``HttpToolsProtocol``: internals, hence the pins in pyproject.toml (uvicorn and
+httptools to the minor versions tested) and ``tests/app/test_protocol_hooks.py``, which
+fails loudly when a hook used here disappears or changes shape. The hooks:
+``connection_made``/``connection_lost``/``data_received``, the parser callbacks
+``on_headers_complete``/``on_message_complete``, the attributes ``loop``, ``tasks``,
+``cycle`` (with ``scope`` and ``response_complete``), ``transport`` and ``app_state``, and
+the module's ``STATUS_LINE`` table.
+
+The read deadline comes from the application's settings, through the lifespan state that
+uvicorn hands every protocol instance (``app_state``; see :mod:`app.lifecycle`).
 """
 
 from __future__ import annotations
@@ -28,14 +38,16 @@ import asyncio
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from app.config import Settings
-
 # Request line plus headers: browsers send a few KiB; nginx's default buffers total 32 KiB.
 MAX_HEAD_BYTES = 64 * 1024
 # Seconds spent discarding an unread body after its answer before closing anyway.
 LINGER_SECONDS = 10.0
 # Scope key the protocol sets on a request whose body timed out, for the access log.
 READ_TIMED_OUT = "nnserve.read_timed_out"
+# Lifespan-state key of the read deadline in seconds (NNSERVE_READ_TIMEOUT).
+READ_TIMEOUT_STATE = "nnserve.read_timeout"
+# The deadline before the application's lifespan has said (it always has once serving).
+DEFAULT_READ_TIMEOUT = 30.0
 
 
 class _CoalescingTransport:
@@ -98,13 +110,9 @@ class _CoalescingTransport:
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """HttpToolsProtocol with head/body read deadlines and a head size bound (see module)."""
 
-    #: Seconds for a whole request head, and the longest pause inside a body:
-    #: ``NNSERVE_READ_TIMEOUT``, read once per process (worker processes build their own).
-    read_timeout: float | None = None
-
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        if GuardedHttpToolsProtocol.read_timeout is None:
-            GuardedHttpToolsProtocol.read_timeout = Settings().read_timeout
+        # Seconds for a whole request head, and the longest pause inside a body.
+        self.read_timeout = float(self.app_state.get(READ_TIMEOUT_STATE, DEFAULT_READ_TIMEOUT))
         super().connection_made(transport)
         # uvicorn's flow control keeps the real transport; requests write through this one.
         self.transport = _CoalescingTransport(  # type: ignore[assignment]

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 import nnlib
+from app.errors import ModelNotFoundError
+from app.log import escape
 
 logger = logging.getLogger("nnserve.registry")
 
@@ -26,20 +28,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MAX_SAMPLE_SIZE = 1 << 20
 
 
-class ModelNotFoundError(LookupError):
-    """No loaded model has the requested name."""
-
-    def __init__(self, name: str, known: Iterable[str] = ()) -> None:
-        known = sorted(known)
-        hint = f"; loaded models: {', '.join(known)}" if known else "; no model is loaded"
-        super().__init__(f"model {name!r} is not loaded{hint}")
-        self.name = name
-
-    def __str__(self) -> str:  # LookupError would add quotes around the message
-        return str(self.args[0])
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ServedModel:
     """A loaded network with the metadata the API needs, checked once at load time."""
 
@@ -209,15 +198,15 @@ class Registry:
                 artifact = nnlib.load(file)
                 model = ServedModel.build(artifact.model, artifact.metadata)
             except Exception as exc:  # one bad file must not stop the others from serving
-                logger.error("skipping %s: %s", file.name, exc)
+                logger.error("skipping %s: %s", escape(file.name), escape(str(exc)))
                 continue
             if any(loaded.name == model.name for loaded in models):
-                logger.error("skipping %s: a model named %r is already loaded", file.name,
-                             model.name)
+                logger.error("skipping %s: a model named %r is already loaded",
+                             escape(file.name), model.name)
                 continue
             logger.info(
                 "loaded model %s version %s from %s (input %s, %d classes, %s)",
-                model.name, model.version, file.name, list(model.input_shape),
+                model.name, escape(model.version), escape(file.name), list(model.input_shape),
                 model.n_classes, model.output,
             )
             models.append(model)
@@ -230,7 +219,7 @@ class Registry:
         try:
             return self._models[name]
         except (KeyError, TypeError):
-            raise ModelNotFoundError(str(name), self._models) from None
+            raise ModelNotFoundError(escape(str(name)), self._models) from None
 
     def names(self) -> list[str]:
         """Return the loaded names, sorted."""

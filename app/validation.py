@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from app.errors import InvalidInputError
 from app.registry import ServedModel
 
 # Deeper nesting than this is never a sample of these networks; the bound also keeps the
@@ -14,16 +15,12 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 _TYPE_NAMES = {str: "a string", type(None): "null", dict: "an object", bool: "a boolean"}
 
 
-class InputError(ValueError):
-    """Client data that cannot be a batch for the model; the message says what and where."""
-
-
 def check_batch_size(n: int, max_batch: int) -> None:
     """Refuse an empty batch or one larger than ``max_batch``."""
     if n == 0:
-        raise InputError("the batch is empty: send at least one sample")
+        raise InvalidInputError("the batch is empty: send at least one sample")
     if n > max_batch:
-        raise InputError(f"the batch has {n} samples; at most {max_batch} are accepted")
+        raise InvalidInputError(f"the batch has {n} samples; at most {max_batch} are accepted")
 
 
 def _shape_message(index: int, shape: tuple[int, ...], model: ServedModel) -> str:
@@ -40,14 +37,17 @@ def check_batch(array: np.ndarray, model: ServedModel, max_batch: int) -> np.nda
     finite and within float32's range (a larger one would become infinity).
     """
     array = np.asarray(array)
+    if array.dtype == np.float16:
+        # Exact in float32; the float32 range check below would overflow in float16.
+        array = array.astype(np.float32)
     if array.ndim == 0:
-        raise InputError("inputs must be a list of samples, not a single number")
+        raise InvalidInputError("inputs must be a list of samples, not a single number")
     check_batch_size(len(array), max_batch)
     if array.dtype.kind not in "fiu":
-        raise InputError(f"inputs must be numbers, not {array.dtype.name} values")
+        raise InvalidInputError(f"inputs must be numbers, not {array.dtype.name} values")
     sample_shape = array.shape[1:]
     if sample_shape != model.input_shape and sample_shape != (model.input_size,):
-        raise InputError(_shape_message(0, sample_shape, model))
+        raise InvalidInputError(_shape_message(0, sample_shape, model))
     # Integers always fit float32's range; a float is checked before the cast, so nothing
     # overflows silently. NaN fails every comparison, so one test catches NaN, infinity and
     # values beyond float32.
@@ -58,27 +58,28 @@ def check_batch(array: np.ndarray, model: ServedModel, max_batch: int) -> np.nda
 
 
 def _refuse_values(array: np.ndarray) -> None:
-    """Raise the InputError for the first sample holding NaN, infinity or a huge value."""
+    """Raise the InvalidInputError for the first sample holding NaN, infinity or a huge value."""
     flat = array.reshape(len(array), -1)
     finite = np.isfinite(flat).all(axis=1)
     in_range = (np.abs(np.where(np.isfinite(flat), flat, 0)) <= FLOAT32_MAX).all(axis=1)
     bad = ~(finite & in_range)
     index = int(np.argmax(bad))
     if not finite[index]:
-        raise InputError(f"sample {index} holds NaN or infinity; only finite numbers count")
-    raise InputError(f"sample {index} holds a value beyond the float32 range (±{FLOAT32_MAX:.4g})")
+        raise InvalidInputError(f"sample {index} holds NaN or infinity; only finite numbers count")
+    raise InvalidInputError(
+        f"sample {index} holds a value beyond the float32 range (±{FLOAT32_MAX:.4g})")
 
 
 def _shape_of(value: object, path: str, index: int, depth: int = 0) -> tuple[int, ...]:
     """Return the shape of nested lists of numbers, or raise naming the first bad element."""
     if isinstance(value, list):
         if depth >= MAX_DEPTH:
-            raise InputError(f"sample {index}: {path} is nested more than {MAX_DEPTH} deep")
+            raise InvalidInputError(f"sample {index}: {path} is nested more than {MAX_DEPTH} deep")
         shapes = [_shape_of(item, f"{path}[{j}]", index, depth + 1)
                   for j, item in enumerate(value)]
         for j, shape in enumerate(shapes[1:], start=1):
             if shape != shapes[0]:
-                raise InputError(
+                raise InvalidInputError(
                     f"sample {index}: ragged rows: {path}[{j}] has shape {list(shape)} "
                     f"but {path}[0] has {list(shapes[0])}"
                 )
@@ -86,14 +87,18 @@ def _shape_of(value: object, path: str, index: int, depth: int = 0) -> tuple[int
     # bool is a subclass of int: test it first.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         kind = _TYPE_NAMES.get(type(value), type(value).__name__)
-        raise InputError(f"sample {index}: {path} is {kind}, not a number")
+        raise InvalidInputError(f"sample {index}: {path} is {kind}, not a number")
     return ()
 
 
 def batch_from_json(
     inputs: object, model: ServedModel, max_batch: int, *, may_hold_booleans: bool = True
 ) -> np.ndarray:
-    """Check decoded JSON ``inputs`` (a list of samples) and return the float32 batch.
+    """Turn decoded JSON ``inputs`` (a list of samples) into a numeric array.
+
+    Every element must be a number and every sample the model's shape (nested or flat);
+    the values themselves (finite, float32 range) are checked by :func:`check_batch`, which
+    the dataplane runs on every protocol's batch.
 
     numpy converts a well-formed batch at C speed, but it silently turns booleans mixed with
     numbers into 1.0/0.0. A caller that knows the raw body holds no ``true``/``false`` token
@@ -101,7 +106,7 @@ def batch_from_json(
     numpy cannot convert, goes through a sample-by-sample walk that names the first problem.
     """
     if not isinstance(inputs, list):
-        raise InputError("inputs must be a list of samples")
+        raise InvalidInputError("inputs must be a list of samples")
     check_batch_size(len(inputs), max_batch)
     if not may_hold_booleans:
         try:
@@ -109,7 +114,7 @@ def batch_from_json(
         except (ValueError, OverflowError):  # ragged, too deep, or a huge integer: walk it
             array = None
         if array is not None and array.dtype.kind in "fiu":
-            return check_batch(array, model, max_batch)
+            return array
 
     array = np.empty((len(inputs), *model.input_shape), dtype=np.float64)
     for index, sample in enumerate(inputs):
@@ -117,9 +122,9 @@ def batch_from_json(
         if not isinstance(sample, list):
             kind = "a number" if isinstance(sample, (int, float)) and not isinstance(
                 sample, bool) else _TYPE_NAMES.get(type(sample), type(sample).__name__)
-            raise InputError(f"sample {index}: {path} is {kind}, not a list of numbers")
+            raise InvalidInputError(f"sample {index}: {path} is {kind}, not a list of numbers")
         shape = _shape_of(sample, path, index)
         if shape != model.input_shape and shape != (model.input_size,):
-            raise InputError(_shape_message(index, shape, model))
+            raise InvalidInputError(_shape_message(index, shape, model))
         array[index] = np.array(sample, dtype=np.float64).reshape(model.input_shape)
-    return check_batch(array, model, max_batch)
+    return array

@@ -3,9 +3,11 @@
 Both servers run in the same session, one uvicorn worker each, with the same uvicorn
 settings; the minimal one parses the JSON body with orjson and runs the same numpy forward
 pass of the same artifact, with no validation, metrics or logging. nnserve runs as shipped
-(`python -m app`, access log on). The load generator is wrk (Debian's `wrk` package) when
-installed, else an asyncio keep-alive client of this script; each cell alternates the two
-servers `--rounds` times and keeps the median.
+(`python -m app`, access log on). The same nnserve process is also loaded through the Open
+Inference Protocol's JSON infer (`POST /v2/models/<model>/infer`, the body tritonclient sends
+for the same samples), so native and V2 are compared in the same run. The load generator is
+wrk (Debian's `wrk` package) when installed, else an asyncio keep-alive client of this script;
+each cell alternates the three targets `--rounds` times and keeps the median.
 
     .venv/bin/python benchmarks/http_load.py            # print the table
     .venv/bin/python benchmarks/http_load.py --write    # also update benchmarks/RESULTS.md
@@ -36,6 +38,7 @@ from fastapi import FastAPI, Request, Response
 
 ROOT = _util.ROOT
 TARGET_RATIO = 1.0
+TARGET_V2_RATIO = 0.9  # V2 JSON infer / native /predict, same server, same run
 TARGET_P99_MS = 5.0
 STARTUP_TIMEOUT = 60.0
 
@@ -233,6 +236,14 @@ def body_for(batch: int, input_shape: tuple[int, ...]) -> bytes:
     return json.dumps({"inputs": inputs}).encode()
 
 
+def v2_body_for(batch: int, input_shape: tuple[int, ...]) -> bytes:
+    """The V2 JSON inference request tritonclient sends for the samples of :func:`body_for`."""
+    inputs = json.loads(body_for(batch, input_shape))["inputs"]
+    flat = np.asarray(inputs, dtype=np.float32).ravel().tolist()
+    tensor = {"name": "input", "shape": [batch, *input_shape], "datatype": "FP32", "data": flat}
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
 def check_agreement(nnserve_url: str, minimal_url: str, body: bytes) -> None:
     """Both endpoints must answer the same probabilities, or the comparison means nothing."""
     import httpx
@@ -314,23 +325,30 @@ def main(argv: list[str] | None = None) -> int:
                                     nnserve_env if name == "nnserve" else None)
                  for name, command in commands.items()}
     urls = {name: f"http://127.0.0.1:{port}/predict" for name, port in ports.items()}
+    urls["v2"] = f"http://127.0.0.1:{ports['nnserve']}/v2/models/{args.model}/infer"
+    process_of = {"nnserve": "nnserve", "minimal": "minimal", "v2": "nnserve"}
+    targets = ["nnserve", "v2", "minimal"]
     results: dict[tuple[int, int, str], dict] = {}
     try:
         for batch in batches:
-            body = body_for(batch, input_shape)
-            check_agreement(urls["nnserve"], urls["minimal"], body)
+            native = body_for(batch, input_shape)
+            bodies = {"nnserve": native, "minimal": native,
+                      "v2": v2_body_for(batch, input_shape)}
+            check_agreement(urls["nnserve"], urls["minimal"], bodies["nnserve"])
             for connections in concurrency:
-                runs: dict[str, list[dict]] = {"nnserve": [], "minimal": []}
+                runs: dict[str, list[dict]] = {name: [] for name in targets}
                 for round_ in range(args.rounds):
-                    order = ["minimal", "nnserve"] if round_ % 2 else ["nnserve", "minimal"]
+                    order = targets[round_ % 3:] + targets[:round_ % 3]
                     for name in order:
+                        body = bodies[name]
                         generator(urls[name], body, connections, 1, client_cpu, folder)
                         # CPU time per request is the server's own cost, which other
                         # processes on a busy machine disturb far less than throughput.
-                        cpu_before = cpu_seconds(processes[name].pid)
+                        pid = processes[process_of[name]].pid
+                        cpu_before = cpu_seconds(pid)
                         measured = generator(urls[name], body, connections, args.duration,
                                              client_cpu, folder)
-                        cpu = cpu_seconds(processes[name].pid) - cpu_before
+                        cpu = cpu_seconds(pid) - cpu_before
                         measured["cpu_us"] = cpu / max(measured["requests"], 1) * 1e6
                         runs[name].append(measured)
                 for name, measured in runs.items():
@@ -348,26 +366,33 @@ def main(argv: list[str] | None = None) -> int:
     rows, verdicts = [], []
     for batch in batches:
         for connections in concurrency:
-            ours, base = (results[batch, connections, n] for n in ("nnserve", "minimal"))
+            ours, v2, base = (results[batch, connections, n] for n in ("nnserve", "v2", "minimal"))
             ratio = ours["rps"] / base["rps"]
+            v2_ratio = v2["rps"] / ours["rps"]
             cpu_ratio = base["cpu_us"] / ours["cpu_us"]
             rows.append([str(batch), str(connections),
                          f"{ours['rps']:.0f}", f"{ours['p50_ms']:.2f}", f"{ours['p99_ms']:.2f}",
                          f"{ours['cpu_us']:.0f}",
+                         f"{v2['rps']:.0f}", f"{v2['p99_ms']:.2f}", f"{v2['cpu_us']:.0f}",
                          f"{base['rps']:.0f}", f"{base['p50_ms']:.2f}", f"{base['p99_ms']:.2f}",
                          f"{base['cpu_us']:.0f}",
-                         f"{ratio:.2f}", f"{cpu_ratio:.2f}", str(ours["errors"] + base["errors"])])
+                         f"{ratio:.2f}", f"{v2_ratio:.2f}", f"{cpu_ratio:.2f}",
+                         str(ours["errors"] + v2["errors"] + base["errors"])])
             if batch == 1:
                 verdicts.append(f"batch 1, c{connections}: throughput ratio {ratio:.2f} "
                                 f"(target >= {TARGET_RATIO}) "
                                 + ("met" if ratio >= TARGET_RATIO else "NOT met"))
+                verdicts.append(f"batch 1, c{connections}: V2 JSON infer / native {v2_ratio:.2f} "
+                                f"(target >= {TARGET_V2_RATIO}) "
+                                + ("met" if v2_ratio >= TARGET_V2_RATIO else "NOT met"))
             if batch == 1 and connections == 16:
                 verdicts.append(f"batch 1, c16: nnserve p99 {ours['p99_ms']:.2f} ms (target <= "
                                 f"{TARGET_P99_MS:g} ms) "
                                 + ("met" if ours["p99_ms"] <= TARGET_P99_MS else "NOT met"))
     table = _util.markdown_table(
-        ["batch", "conc.", "nnserve req/s", "p50 ms", "p99 ms", "CPU µs/req", "minimal req/s",
-         "p50 ms", "p99 ms", "CPU µs/req", "ratio", "CPU ratio", "errors"], rows)
+        ["batch", "conc.", "nnserve req/s", "p50 ms", "p99 ms", "CPU µs/req", "V2 req/s",
+         "V2 p99 ms", "V2 CPU µs/req", "minimal req/s", "p50 ms", "p99 ms", "CPU µs/req",
+         "ratio", "V2/native", "CPU ratio", "errors"], rows)
     pinned = (f"server pinned to CPU {server_cpu}, load generator to CPU {client_cpu} "
               "(taskset)" if server_cpu is not None and _pin(server_cpu) else "no CPU pinning")
     if args.workers > 1 and server_cpu is not None:
@@ -388,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{pinned}",
         "- minimal: FastAPI `POST /predict` doing orjson parse, `np.asarray`, the same "
         "`predict`, orjson answer; no validation, metrics or logging",
+        "- V2: the same nnserve process, `POST /v2/models/<model>/infer` with the JSON tensor "
+        "tritonclient sends for the same samples; V2/native = V2 req/s / nnserve req/s",
         "- ratio = nnserve req/s / minimal req/s; CPU µs/req = the server process's user + "
         "system CPU time over the requests it answered; CPU ratio = minimal CPU / nnserve "
         "CPU per request (what the throughput ratio would be with a core to itself)",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -38,14 +38,12 @@ async def health() -> dict[str, str]:
 
 async def ready(request: Request) -> Response | dict:
     """Answer 200 when models are loaded and the server is not shutting down, else 503."""
-    if request.app.state.draining:
-        return JSONResponse({"status": "draining", "detail": "the server is shutting down"},
-                            status_code=503)
-    names = request.app.state.registry.names()
-    if not names:
-        return JSONResponse({"status": "no models", "detail": "no model is loaded"},
-                            status_code=503)
-    return {"status": "ready", "models": names}
+    dataplane = request.app.state.dataplane
+    reason = dataplane.not_ready_reason()
+    if reason is not None:
+        status = "draining" if dataplane.draining else "no models"
+        return JSONResponse({"status": status, "detail": reason}, status_code=503)
+    return {"status": "ready", "models": dataplane.registry.names()}
 
 
 async def prometheus_metrics() -> Response:
@@ -54,8 +52,9 @@ async def prometheus_metrics() -> Response:
     return Response(body, media_type=content_type)
 
 
-def add_routes(target: APIRouter | FastAPI) -> None:
-    """Add the routes to ``target`` (see ``app.api.native.add_routes`` for why not a router)."""
+def add_routes(app: FastAPI) -> None:
+    """Add the routes to ``app`` (see ``app.api.native.add_routes`` for why not a router)."""
+    target = app.router
     target.add_api_route("/health", health, methods=["GET"], tags=TAGS, response_model=Health,
                          summary="Liveness")
     target.add_api_route(
@@ -68,6 +67,3 @@ def add_routes(target: APIRouter | FastAPI) -> None:
         responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
     )
 
-
-router = APIRouter()
-add_routes(router)

@@ -1,36 +1,34 @@
-"""The API key check shared by every route that runs a model."""
+"""The API key check: a FastAPI dependency of every route that runs a model."""
 
 from __future__ import annotations
 
 import hmac
 
-from fastapi import HTTPException, Request
+from fastapi import Request
+
+from app.errors import UnauthorizedError
 
 # The OpenAPI document names this scheme on the routes that need the key (see app.main).
 SCHEME = "bearerAuth"
 
 
 async def require_api_key(request: Request) -> None:
-    """Refuse the request with 401 unless it carries ``Authorization: Bearer <key>``.
+    """Refuse the request unless it carries ``Authorization: Bearer <key>``.
 
-    Does nothing when ``NNSERVE_API_KEY`` is unset. The header is read directly rather than
-    through ``fastapi.security.HTTPBearer``: a nested dependency costs more per request than
-    the whole check.
+    Does nothing when ``NNSERVE_API_KEY`` is unset. The key is compared as UTF-8 bytes with
+    the header's bytes as sent (HTTP headers are bytes; Starlette hands them over decoded
+    as latin-1, which maps each byte to one character and back), so a non-ASCII key
+    matches when the client sends it in UTF-8, the way curl, httpx and browsers do.
     """
-    key = request.app.state.settings.api_key
-    if not key:
+    key: bytes | None = request.app.state.api_key
+    if key is None:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise HTTPException(
-            status_code=401,
-            detail="missing API key: send 'Authorization: Bearer <key>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    token = token.strip(" \t")
+    if scheme.lower() != "bearer" or not token:
+        raise UnauthorizedError("missing API key: send 'Authorization: Bearer <key>'",
+                           headers={"WWW-Authenticate": "Bearer"})
     # compare_digest takes time independent of where the strings differ.
-    if not hmac.compare_digest(token.strip().encode(), key.encode()):
-        raise HTTPException(
-            status_code=401,
-            detail="invalid API key",
-            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-        )
+    if not hmac.compare_digest(token.encode("latin-1"), key):
+        raise UnauthorizedError("invalid API key",
+                           headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})

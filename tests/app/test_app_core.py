@@ -12,9 +12,10 @@ import nnlib
 from app import inference
 from app.__main__ import parse_settings
 from app.config import Settings
-from app.inference import InferenceError, predict_proba
-from app.registry import ModelNotFoundError, Registry, ServedModel
-from app.validation import InputError, batch_from_json, check_batch
+from app.errors import InferenceError, InvalidInputError, ModelNotFoundError
+from app.inference import InferenceRunner
+from app.registry import Registry, ServedModel
+from app.validation import batch_from_json, check_batch
 from tests.helpers import tiny_cnn, tiny_mlp
 
 # --- settings ------------------------------------------------------------------------------
@@ -186,7 +187,7 @@ def test_check_batch_makes_strided_input_contiguous(served_models):
     ],
 )
 def test_check_batch_refusals(served_models, array, words):
-    with pytest.raises(InputError, match=words.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(InvalidInputError, match=words.replace("[", r"\[").replace("]", r"\]")):
         check_batch(array, served_models["mlp"], 10)
 
 
@@ -197,7 +198,7 @@ def test_check_batch_refusals(served_models, array, words):
 def test_check_batch_names_the_sample_with_a_bad_value(served_models, value, words):
     array = np.ones((3, 64))
     array[2, 5] = value
-    with pytest.raises(InputError, match=f"sample 2.*{words}"):
+    with pytest.raises(InvalidInputError, match=f"sample 2.*{words}"):
         check_batch(array, served_models["mlp"], 10)
 
 
@@ -210,26 +211,26 @@ def test_batch_from_json_fast_and_careful_paths_agree(served_models):
     cnn = served_models["cnn"]
     rng = np.random.default_rng(1)
     inputs = rng.integers(0, 17, size=(5, 8, 8)).tolist()
-    fast = batch_from_json(inputs, cnn, 10, may_hold_booleans=False)
-    careful = batch_from_json(inputs, cnn, 10, may_hold_booleans=True)
+    fast = check_batch(batch_from_json(inputs, cnn, 10, may_hold_booleans=False), cnn, 10)
+    careful = check_batch(batch_from_json(inputs, cnn, 10, may_hold_booleans=True), cnn, 10)
     np.testing.assert_array_equal(fast, careful)
     assert fast.dtype == np.float32 and fast.shape == (5, 8, 8)
 
 
 def test_batch_from_json_careful_path_catches_mixed_booleans(served_models):
     inputs = [[1.0] * 63 + [True]]
-    with pytest.raises(InputError, match=r"sample 0: inputs\[0\]\[63\] is a boolean"):
+    with pytest.raises(InvalidInputError, match=r"sample 0: inputs\[0\]\[63\] is a boolean"):
         batch_from_json(inputs, served_models["mlp"], 10)
 
 
 def test_batch_from_json_huge_integers(served_models):
     inputs = [[2**64 - 1] * 64, [-(2**63)] * 64]
     batch = batch_from_json(inputs, served_models["mlp"], 10, may_hold_booleans=False)
-    assert np.isfinite(batch).all()
+    assert np.isfinite(check_batch(batch, served_models["mlp"], 10)).all()
 
 
 def test_batch_from_json_refuses_an_oversized_list_before_converting(served_models):
-    with pytest.raises(InputError, match="at most 2"):
+    with pytest.raises(InvalidInputError, match="at most 2"):
         batch_from_json([None] * 3, served_models["mlp"], 2)
 
 
@@ -240,7 +241,7 @@ def test_predict_proba_softmax_and_log_softmax(served_models):
     rng = np.random.default_rng(0)
     for model in served_models.values():
         batch = rng.uniform(0, 16, size=(7, *model.input_shape)).astype(np.float32)
-        probs = asyncio.run(predict_proba(model, batch))
+        probs = asyncio.run(InferenceRunner().predict_proba(model, batch))
         assert probs.dtype == np.float32 and probs.shape == (7, 10)
         np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
         out = model.network.predict(batch)
@@ -264,8 +265,8 @@ def test_large_batches_run_in_a_worker_thread(served_models, monkeypatch):
     large = np.zeros((inference.INLINE_MAX_ELEMENTS // 64 + 1, 64), dtype=np.float32)
 
     async def both():
-        await predict_proba(model, small)
-        await predict_proba(model, large)
+        await InferenceRunner().predict_proba(model, small)
+        await InferenceRunner().predict_proba(model, large)
 
     asyncio.run(both())
     assert threads[0] is threading.main_thread()
@@ -279,7 +280,7 @@ def test_predict_proba_refuses_non_finite_output():
     batch = np.ones((3, 64), dtype=np.float32)
     batch[1] = 3e38
     with pytest.raises(InferenceError, match="sample 1"):
-        asyncio.run(predict_proba(model, batch))
+        asyncio.run(InferenceRunner().predict_proba(model, batch))
 
 
 def test_predict_proba_checks_the_output_shape():
@@ -287,4 +288,4 @@ def test_predict_proba_checks_the_output_shape():
     model = ServedModel.build(net, metadata)
     object.__setattr__(model, "labels", tuple("abc"))  # a network/labels mismatch
     with pytest.raises(InferenceError, match="shape"):
-        asyncio.run(predict_proba(model, np.zeros((1, 8, 8), dtype=np.float32)))
+        asyncio.run(InferenceRunner().predict_proba(model, np.zeros((1, 8, 8), dtype=np.float32)))

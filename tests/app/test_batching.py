@@ -13,7 +13,8 @@ import pytest
 
 import nnlib
 from app import inference
-from app.inference import Batcher, InferenceError, predict_proba
+from app.errors import InferenceError
+from app.inference import Batcher, InferenceRunner
 from app.registry import ServedModel
 from tests.helpers import tiny_mlp
 
@@ -45,13 +46,11 @@ def _batches(sizes: list[int], features: int, seed: int = 0) -> list[np.ndarray]
 
 @pytest.fixture
 def batching():
-    """Turn batching on in this process for one test, and off again after it."""
-    def configure(max_size: int, max_delay_ms: float = NEVER * 1000) -> None:
-        inference.configure_batching(max_size, max_delay_ms)
+    """Return a factory of inference runners that batch (each one's groups its own)."""
+    def configure(max_size: int, max_delay_ms: float = NEVER * 1000) -> InferenceRunner:
+        return InferenceRunner(max_size, max_delay_ms)
 
-    yield configure
-    inference.configure_batching(1, 0)
-    inference._batchers.clear()
+    return configure
 
 
 async def _submit_all(batcher: Batcher, batches: list[np.ndarray]) -> list:
@@ -81,10 +80,10 @@ def test_predict_proba_merges_concurrent_requests(batching, monkeypatch):
     forward = inference._forward
     monkeypatch.setattr(inference, "_forward",
                         lambda m, b: passes.append(len(b)) or forward(m, b))
-    batching(5)  # the four requests hold 5 samples: the group runs as soon as it is full
+    runner = batching(5)  # the four requests hold 5 samples: the group runs once it is full
 
     async def run() -> list:
-        return await asyncio.gather(*(predict_proba(model, batch) for batch in batches))
+        return await asyncio.gather(*(runner.predict_proba(model, batch) for batch in batches))
 
     results = asyncio.run(run())
     assert passes == [5]
@@ -164,25 +163,25 @@ def test_max_size_is_respected(monkeypatch):
 
 def test_requests_as_large_as_the_maximum_run_alone(batching, monkeypatch):
     model = _rowwise_model()
-    batching(4)
+    runner = batching(4)
     passes: list[int] = []
     forward = inference._forward
     monkeypatch.setattr(inference, "_forward",
                         lambda m, b: passes.append(len(b)) or forward(m, b))
-    asyncio.run(predict_proba(model, _batches([4], 10)[0]))
-    assert passes == [4] and not inference._batchers
+    asyncio.run(runner.predict_proba(model, _batches([4], 10)[0]))
+    assert passes == [4] and not runner._batchers
 
 
 def test_pending_groups_are_flushed_at_shutdown(batching):
     model = _rowwise_model()
     batches = _batches([1, 2], 10)
-    batching(64)  # neither size nor delay would ever run this group
+    runner = batching(64)  # neither size nor delay would ever run this group
 
     async def run() -> list:
-        tasks = [asyncio.create_task(predict_proba(model, batch)) for batch in batches]
+        tasks = [asyncio.create_task(runner.predict_proba(model, batch)) for batch in batches]
         await asyncio.sleep(0)  # both requests are now waiting in the group
         assert not any(task.done() for task in tasks)
-        inference.flush_batches()
+        runner.flush()
         return await asyncio.gather(*tasks)
 
     for batch, probs in zip(batches, asyncio.run(run()), strict=True):
@@ -191,18 +190,24 @@ def test_pending_groups_are_flushed_at_shutdown(batching):
 
 def test_the_lifespan_flushes_pending_groups(make_client, served_models):
     # A server stopping with a group pending answers it rather than dropping it: the
-    # application's shutdown runs flush_batches.
+    # application's shutdown flushes its runner.
     model = served_models["mlp"]
     batch = _batches([1], 64)[0]
     client = make_client(batch_max_size=64, batch_max_delay_ms=NEVER * 1000)
-    try:
-        with client:
-            assert inference.BatchSettings.enabled()
-            waiting = client.portal.start_task_soon(predict_proba, model, batch)
-            client.portal.call(asyncio.sleep, 0)
-            assert not waiting.done()
-        np.testing.assert_allclose(waiting.result(timeout=10), inference._run(model, batch),
-                                   rtol=1e-5)
-    finally:
-        inference.configure_batching(1, 0)
-        inference._batchers.clear()
+    runner = client.app.state.dataplane.runner
+    with client:
+        assert runner.batching
+        waiting = client.portal.start_task_soon(runner.predict_proba, model, batch)
+        client.portal.call(asyncio.sleep, 0)
+        assert not waiting.done()
+    np.testing.assert_allclose(waiting.result(timeout=10), inference._run(model, batch),
+                               rtol=1e-5)
+
+
+def test_two_applications_never_share_batching(make_client):
+    # Batching settings and pending groups belong to an application, not to the process.
+    batched = make_client(batch_max_size=64, batch_max_delay_ms=NEVER * 1000)
+    plain = make_client()
+    assert batched.app.state.dataplane.runner.batching
+    assert not plain.app.state.dataplane.runner.batching
+    assert batched.app.state.dataplane.runner is not plain.app.state.dataplane.runner

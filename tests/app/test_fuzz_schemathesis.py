@@ -70,7 +70,7 @@ def _fresh_start():
     # Schemathesis ends the app's lifespan after every test and starts it again for the
     # next; the lifespan marks the app as draining when it ends and nothing clears it at
     # the next start, so /ready would answer 503 for every operation after the first.
-    APP.state.draining = False
+    APP.state.dataplane.draining = False
 
 
 @schema.parametrize()

@@ -72,7 +72,7 @@ def test_ready_is_503_without_models(make_client):
 
 
 def test_ready_is_503_while_draining(client):
-    client.app.state.draining = True
+    client.app.state.dataplane.draining = True
     response = client.get("/ready")
     assert response.status_code == 503
     assert response.json()["status"] == "draining"

@@ -1,0 +1,80 @@
+"""Start-up and shutdown: load the models, watch SIGTERM for draining, flush at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import log, metrics
+from app.config import Settings
+from app.dataplane import DataPlane
+from app.protocol import READ_TIMEOUT_STATE
+from app.registry import Registry, default_model_dir
+
+logger = logging.getLogger("nnserve")
+
+
+def watch_termination(dataplane: DataPlane, drain_delay: float) -> dict[int, object]:
+    """Set ``dataplane.draining`` on SIGTERM/SIGINT, then hand the signal on.
+
+    The server (uvicorn) installs its own handlers before the lifespan starts; chaining to
+    them keeps its graceful shutdown (stop accepting, finish in-flight requests) while
+    /ready turns 503 at the very moment the signal arrives. With ``drain_delay`` the
+    hand-over of SIGTERM waits, so load balancers see 503 before the listener closes.
+    Returns the replaced handlers. Signals can only be handled in the main thread: under a
+    test client the lifespan runs elsewhere and this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    loop = asyncio.get_running_loop()
+    replaced: dict[int, object] = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(signum)
+        if not callable(previous):
+            continue
+
+        def handler(sig: int, frame: object, previous=previous) -> None:
+            first = not dataplane.draining
+            dataplane.draining = True
+            if first and sig == signal.SIGTERM and drain_delay > 0:
+                logger.info("SIGTERM: draining for %.3g s before stopping", drain_delay)
+                loop.call_soon_threadsafe(loop.call_later, drain_delay, previous, sig, None)
+            else:
+                previous(sig, frame)
+
+        signal.signal(signum, handler)
+        replaced[signum] = previous
+    return replaced
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[dict]:
+    """Load the model folder (unless the app was given a registry) and serve until shutdown.
+
+    Yields the lifespan state uvicorn hands to its protocol: the read deadline of
+    ``app.protocol`` comes from these settings, never from the environment.
+    """
+    settings: Settings = app.state.settings
+    dataplane: DataPlane = app.state.dataplane
+    log.configure(settings.log_level, settings.log_format)
+    if app.state.load_models:
+        folder = settings.model_dir or default_model_dir()
+        dataplane.registry = Registry.from_dir(folder, default=settings.default_model)
+    registry = dataplane.registry
+    dataplane.draining = False  # a lifespan may start again after an earlier shutdown
+    metrics.MODELS_LOADED.set(len(registry))
+    logger.info("serving %d model(s): %s; default %s", len(registry),
+                ", ".join(registry.names()) or "none", registry.default)
+    replaced = watch_termination(dataplane, settings.drain_delay)
+    try:
+        yield {READ_TIMEOUT_STATE: settings.read_timeout}
+    finally:
+        dataplane.close()  # no request left waiting for its batching group
+        for signum, previous in replaced.items():
+            signal.signal(signum, previous)
