@@ -7,9 +7,10 @@ environment. Models load in the lifespan (:mod:`app.lifecycle`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import metadata
 
-from fastapi import FastAPI
+from fastapi import FastAPI, params
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.api import health, native, security, v2
@@ -47,11 +48,13 @@ def _version() -> str:
         return "0.0.0"
 
 
-def create_app(settings: Settings | None = None, *, registry: Registry | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, registry: Registry | None = None,
+               dependencies: Sequence[params.Depends] = ()) -> FastAPI:
     """Build the service; models load from ``settings.model_dir`` when it starts.
 
     ``settings`` defaults to the ``NNSERVE_*`` environment. ``registry`` serves
-    already-loaded models instead of the folder (tests use it).
+    already-loaded models instead of the folder (tests use it). ``dependencies`` are
+    FastAPI dependencies run before every route, e.g. an embedding program's own auth.
     """
     settings = settings or Settings()
     app = FastAPI(
@@ -65,6 +68,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
         lifespan=lifespan,
         # A redirect would name the Host header the client sent (any host it likes).
         redirect_slashes=False,
+        dependencies=list(dependencies),
     )
     app.state.settings = settings
     app.state.api_key = settings.api_key.encode() if settings.api_key else None

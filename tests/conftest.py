@@ -40,13 +40,14 @@ def artifact_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def make_client(served_models) -> Iterator[Callable[..., TestClient]]:
-    """Build in-process clients: ``make_client(max_batch=4, registry=...)``; started apps."""
+    """Build in-process clients: ``make_client(max_batch=4, registry=..., dependencies=...)``
+    (settings by keyword); started apps."""
     stack = contextlib.ExitStack()
 
-    def make(registry: Registry | None = None, **settings) -> TestClient:
+    def make(registry: Registry | None = None, dependencies=(), **settings) -> TestClient:
         if registry is None and "model_dir" not in settings:
             registry = Registry(served_models.values(), default=settings.get("default_model"))
-        app = create_app(Settings(**settings), registry=registry)
+        app = create_app(Settings(**settings), registry=registry, dependencies=dependencies)
         return stack.enter_context(TestClient(app, raise_server_exceptions=False))
 
     with stack:

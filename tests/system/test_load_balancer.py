@@ -47,14 +47,6 @@ NGINX = shutil.which("nginx") or next(
     (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
 )
 
-pytestmark = [
-    pytest.mark.skipif(
-        NGINX is None,
-        reason="nginx is not installed: `apt-get install -y nginx-light` (Debian/Ubuntu; "
-        ".ci/run does it) or your system's nginx package",
-    ),
-]
-
 CLIENTS = 8
 SAMPLE = [float(i % 17) for i in range(64)]  # any 64 pixel values 0..16 will do
 DEADLINE_S = 90.0  # bounds every wait, so a broken setup fails instead of hanging
@@ -251,6 +243,8 @@ def nginx(folder: Path, replicas: list[Replica]):
     port = _free_port()
     conf = folder / "nginx.conf"
     conf.write_text(render_nginx_conf([r.port for r in replicas], port, folder))
+    assert NGINX, ("nginx is not installed: `apt-get install -y nginx-light` (Debian/Ubuntu; "
+                   ".ci/run does it) or your system's nginx package")
     base = [NGINX, "-p", str(folder), "-c", str(conf), "-e", "stderr"]
     check = subprocess.run([*base, "-t"], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr

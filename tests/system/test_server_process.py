@@ -375,12 +375,12 @@ def test_two_workers_share_their_metrics(tmp_path, shipped_dir):
     assert server.log().count("serving 2 model(s)") == 2
 
 
-def test_uvicorn_serves_app_main_app(tmp_path, shipped_dir):
+def test_uvicorn_serves_the_factory(tmp_path, shipped_dir):
     port = str(free_port())
     log_path = tmp_path / "uvicorn.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--port", port],
+            [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--port", port],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=server_env(),

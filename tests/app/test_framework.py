@@ -1,0 +1,131 @@
+"""Every request goes through FastAPI's own routing, dependencies and exception handlers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi import Depends, HTTPException
+from pydantic import ValidationError
+
+import nnlib
+from app.config import Settings
+from app.errors import InferenceError
+from app.registry import Registry, ServedModel
+from tests.helpers import tiny_mlp
+
+SAMPLE = [1] * 64
+V2_BODY = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": SAMPLE}]}
+
+
+def deny() -> None:
+    raise HTTPException(403, "denied by a dependency")
+
+
+@pytest.mark.parametrize("cors", [None, "https://app.example"])
+@pytest.mark.parametrize(("path", "body"), [
+    ("/predict", {"inputs": [SAMPLE]}),
+    ("/models/mlp/predict", {"inputs": [SAMPLE]}),
+    ("/v2/models/mlp/infer", V2_BODY),
+])
+def test_a_dependency_added_to_the_app_is_enforced_on_every_inference_route(
+        make_client, cors, path, body):
+    # Before the dataplane, /predict skipped FastAPI's dependency solving unless CORS was on.
+    client = make_client(dependencies=[Depends(deny)],
+                         **({"cors_origins": cors} if cors else {}))
+    response = client.post(path, json=body)
+    assert response.status_code == 403, response.text
+    assert "denied by a dependency" in response.text
+    assert "x-request-id" in response.headers
+
+
+class _Fragile(nnlib.Module):
+    """Fails on batches of three, as a bug in a network would."""
+
+    def forward(self, X):
+        if len(X) == 3:
+            raise RuntimeError("boom")
+        return X
+
+
+@pytest.fixture
+def fragile_client(make_client):
+    net, metadata = tiny_mlp("fragile")
+    net = nnlib.Sequential(*net.modules[:-1], _Fragile(), net.modules[-1])
+    return make_client(registry=Registry([ServedModel.build(net, metadata)]))
+
+
+@pytest.mark.parametrize(("path", "body", "shape"), [
+    ("/predict", {"inputs": [SAMPLE] * 3}, "detail"),
+    ("/v2/models/fragile/infer",
+     {"inputs": [{**V2_BODY["inputs"][0], "shape": [3, 64], "data": SAMPLE * 3}]}, "error"),
+])
+def test_a_500_carries_the_request_id(fragile_client, path, body, shape):
+    response = fragile_client.post(path, json=body, headers={"X-Request-ID": "trace-500"})
+    assert response.status_code == 500
+    assert response.json() == {shape: "internal server error"}
+    assert response.headers["x-request-id"] == "trace-500"
+
+
+def test_a_413_carries_cors_headers(make_client):
+    client = make_client(cors_origins="https://app.example", max_body_bytes=100)
+    response = client.post("/predict", content=b"{" + b" " * 200 + b"}",
+                           headers={"Origin": "https://app.example",
+                                    "Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert response.headers["access-control-allow-origin"] == "https://app.example"
+    assert "NNSERVE_MAX_BODY_BYTES" in response.json()["detail"]
+
+
+def test_a_trailing_slash_is_no_redirect_to_the_host_sent(client):
+    response = client.post("/predict/", json={"inputs": [SAMPLE]},
+                           headers={"Host": "evil.example"}, follow_redirects=False)
+    assert response.status_code == 404
+    assert "location" not in response.headers
+
+
+def test_unversioned_v2_routes_take_no_version_from_the_query(client):
+    response = client.post("/v2/models/mlp/infer?version=nope", json=V2_BODY)
+    assert response.status_code == 200, response.text
+
+
+def test_error_statuses_follow_each_protocols_table(make_client):
+    # A network that overflows: the input is unusable for it. Native 422, V2 400 (Triton).
+    linear = nnlib.Linear(64, 10, rng=0)
+    linear.weight[...] = 1e30
+    model = ServedModel.build(nnlib.Sequential(linear, nnlib.Softmax()), tiny_mlp("raw")[1])
+    client = make_client(registry=Registry([model]))
+    big = [1e30] * 64
+    native = client.post("/predict", json={"inputs": [big]})
+    v2 = client.post("/v2/models/raw/infer", json={"inputs": [{**V2_BODY["inputs"][0],
+                                                               "data": big}]})
+    assert native.status_code == 422 and "finite" in native.json()["detail"]
+    assert v2.status_code == 400 and "finite" in v2.json()["error"]
+    assert issubclass(InferenceError, Exception)
+
+
+def test_a_non_ascii_api_key_matches_when_sent_in_utf8(make_client):
+    client = make_client(api_key="clé-ß-🔑", default_model="mlp")
+    sent = "Bearer clé-ß-🔑".encode()
+    response = client.post("/predict", json={"inputs": [SAMPLE]},
+                           headers=[(b"authorization", sent)])
+    assert response.status_code == 200, response.text
+    wrong = client.post("/predict", json={"inputs": [SAMPLE]},
+                        headers=[(b"authorization", "Bearer clé".encode())])
+    assert wrong.status_code == 401
+
+
+@pytest.mark.parametrize("key", [" secret", "secret ", "sec\nret", "tab\tkey"])
+def test_api_keys_no_header_can_carry_are_refused_at_start(key):
+    with pytest.raises(ValidationError, match="API key"):
+        Settings(api_key=key)
+
+
+def test_batch_values_are_checked_once_by_the_dataplane(client, monkeypatch):
+    # The native codec decodes; the dataplane checks. Both protocols refuse alike.
+    native = client.post("/predict", json={"inputs": [[3.5e38] * 64]})
+    v2 = client.post("/v2/models/mlp/infer", json={"inputs": [{**V2_BODY["inputs"][0],
+                                                               "datatype": "FP64",
+                                                               "data": [3.5e38] * 64}]})
+    assert native.status_code == 422 and "float32 range" in native.json()["detail"]
+    assert v2.status_code == 400 and "float32 range" in v2.json()["error"]
+    assert np.float32(3.4e38) < np.finfo(np.float32).max
