@@ -279,24 +279,33 @@ def _answer(model: ServedModel, probs: np.ndarray, top_k: int | None) -> Respons
                     media_type="application/json")
 
 
-async def _predict(request: Request, path_name: str | None) -> Response:
-    dataplane = _dataplane(request)
-    body = await request.body()
-    payload = _parse(body, request.headers.get("content-type"))
+def _decode(body: bytes, content_type: str | None, path_name: str | None,
+            dataplane: DataPlane) -> tuple[ServedModel, np.ndarray, int | None]:
+    """Parse and check a predict body: its model, its batch as an array, its top_k."""
+    payload = _parse(body, content_type)
     if path_name is not None and payload.model is not None and payload.model != path_name:
         raise errors.InvalidInputError(f"the body names model {payload.model!r} but the path "
-                                  f"names {path_name!r}")
+                                       f"names {path_name!r}")
     model = dataplane.model(path_name or payload.model)
     if payload.top_k is not None and payload.top_k > model.n_classes:
-        raise errors.InvalidInputError(f"top_k must be between 1 and {model.n_classes}, the number "
-                                  f"of classes of {model.name!r}; got {payload.top_k}")
+        raise errors.InvalidInputError(
+            f"top_k must be between 1 and {model.n_classes}, the number of classes of "
+            f"{model.name!r}; got {payload.top_k}")
     # JSON booleans are the only bare tokens spelled true/false: without them in the raw
     # bytes, none can hide among the numbers, and numpy may convert the batch directly.
     may_hold_booleans = b"true" in body or b"false" in body
     batch = batch_from_json(payload.inputs, model, dataplane.max_batch,
                             may_hold_booleans=may_hold_booleans)
+    return model, batch, payload.top_k
+
+
+async def _predict(request: Request, path_name: str | None) -> Response:
+    dataplane = _dataplane(request)
+    model, batch, top_k = await dataplane.decode(await request.body(), _decode,
+                                                 request.headers.get("content-type"),
+                                                 path_name, dataplane)
     probs = await dataplane.infer(model, batch)
-    return _answer(model, probs, payload.top_k)
+    return _answer(model, probs, top_k)
 
 
 _PREDICT_DOC = dict(

@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
+from starlette.datastructures import Headers
 
 from app import errors
 from app.api.routing import ProtocolRoute
@@ -125,12 +127,10 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
     return {"name": model.name, "ready": True}
 
 
-async def infer(request: Request, name: str, version: str | None = None) -> Response:
-    """Run the model on one input tensor; answer probabilities as JSON or binary data."""
-    dataplane = _dataplane(request)
-    model = dataplane.model(name, version)
-    headers = request.headers
-    body = codec.decompress(await request.body(), headers.get("content-encoding"),
+def _decode(body: bytes, headers: Headers, model: ServedModel, dataplane: DataPlane
+            ) -> tuple[str | None, list[codec.RequestedOutput], np.ndarray]:
+    """Decode an infer body: its id, the outputs it asks for and its input tensor."""
+    body = codec.decompress(body, headers.get("content-encoding"),
                             dataplane.settings.max_body_bytes)
     raw, binary = codec.split_body(body, headers.get(codec.HEADER_LENGTH))
     header = codec.parse_header(raw)
@@ -139,11 +139,19 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         raise errors.InvalidInputError("'id' must be a string")
     outputs = codec.requested_outputs(header, [codec.OUTPUT_NAME])
     arrays = codec.decode_inputs(
-        header, binary,
-        lambda tensor, shape: check_input(tensor, shape, model, dataplane))
+        header, binary, lambda tensor, shape: check_input(tensor, shape, model, dataplane))
     # Any other name was refused, and a second "input" too: this is the only tensor.
+    return request_id, outputs, arrays[codec.INPUT_NAME]
+
+
+async def infer(request: Request, name: str, version: str | None = None) -> Response:
+    """Run the model on one input tensor; answer probabilities as JSON or binary data."""
+    dataplane = _dataplane(request)
+    model = dataplane.model(name, version)
+    request_id, outputs, tensor = await dataplane.decode(await request.body(), _decode,
+                                                         request.headers, model, dataplane)
     try:
-        probabilities = await dataplane.infer(model, arrays[codec.INPUT_NAME])
+        probabilities = await dataplane.infer(model, tensor)
     except errors.InvalidInputError as exc:
         raise errors.InvalidInputError(f"input {codec.INPUT_NAME!r}: {exc}") from None
     body, header_length = codec.encode_response(
