@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from importlib import metadata
 
-from fastapi import FastAPI, params
+from fastapi import Depends, FastAPI, params
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.api import health, native, security, v2
@@ -75,9 +75,12 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     app.state.dataplane = DataPlane(settings, registry)
     app.state.load_models = registry is None
 
+    # The routes that run a model check the API key when one is set; without one there is
+    # nothing to check, and no dependency to solve on every request.
+    guards = [Depends(security.require_api_key)] if settings.api_key else []
     # Most of the traffic first: the router tries routes in the order they were added.
-    native.add_routes(app)
-    v2.add_routes(app)
+    native.add_routes(app, guards)
+    v2.add_routes(app, guards)
     health.add_routes(app)
     install_handlers(app)
     _document(app)

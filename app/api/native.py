@@ -8,17 +8,17 @@ refusal is a :class:`~app.errors.ServingError`, answered through :data:`STATUS` 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import Depends, FastAPI, Path, Request, Response
+from fastapi import FastAPI, Path, Request, Response, params
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from app import errors
 from app.api import security
 from app.api.routing import ProtocolRoute
-from app.api.security import require_api_key
 from app.dataplane import DataPlane
 from app.registry import ServedModel
 from app.validation import batch_from_json
@@ -312,7 +312,6 @@ _PREDICT_DOC = dict(
     response_model=PredictResponse,
     responses={**ERRORS, 200: {"content": {"application/json": {"example": _PREDICT_EXAMPLE}}}},
     openapi_extra={"requestBody": _PREDICT_BODY, "security": [{security.SCHEME: []}]},
-    dependencies=[Depends(require_api_key)],
 )
 
 
@@ -357,19 +356,20 @@ async def describe_model(request: Request, name: ModelName) -> dict[str, Any]:
             "default": model.name == dataplane.default_model}
 
 
-def add_routes(app: FastAPI) -> None:
+def add_routes(app: FastAPI, guards: Sequence[params.Depends] = ()) -> None:
     """Add the native routes to ``app``, predict first (the router tries routes in order).
 
+    ``guards`` are the dependencies of the routes that run a model (the API key check).
     Added to the application's own router rather than through an included APIRouter:
     FastAPI resolves an included router's routes through one more layer per request.
     """
     add = app.router.add_api_route
     add("/predict", predict, methods=["POST"], tags=TAGS, route_class_override=NativeRoute,
         summary="Classify samples with the default model or the one named in the body",
-        **_PREDICT_DOC)
+        dependencies=list(guards), **_PREDICT_DOC)
     add("/models/{name}/predict", predict_with, methods=["POST"], tags=TAGS,
         route_class_override=NativeRoute, summary="Classify samples with the named model",
-        **_PREDICT_DOC)
+        dependencies=list(guards), **_PREDICT_DOC)
     add("/models", list_models, methods=["GET"], tags=TAGS, route_class_override=NativeRoute,
         response_model=ModelList, summary="List the loaded models")
     add("/models/{name}", describe_model, methods=["GET"], tags=TAGS,

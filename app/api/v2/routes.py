@@ -13,13 +13,12 @@ from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request, params
 from fastapi.responses import Response
 from starlette.datastructures import Headers
 
 from app import errors
 from app.api.routing import ProtocolRoute
-from app.api.security import require_api_key
 from app.api.v2 import codec, schemas
 from app.dataplane import DataPlane
 from app.registry import ServedModel
@@ -195,8 +194,11 @@ def _unversioned(endpoint):
     return unversioned
 
 
-def add_routes(app: FastAPI) -> None:
-    """Add the V2 routes to ``app``; each with and without ``/versions/{version}``."""
+def add_routes(app: FastAPI, guards: Sequence[params.Depends] = ()) -> None:
+    """Add the V2 routes to ``app``; each with and without ``/versions/{version}``.
+
+    ``guards`` are the dependencies of the routes that run a model (the API key check).
+    """
 
     def add(path: str, endpoint, methods=("GET",), **options) -> None:
         options.setdefault("response_model", None)
@@ -204,7 +206,7 @@ def add_routes(app: FastAPI) -> None:
                                  route_class_override=V2Route, **options)
 
     infer_options = {
-        "dependencies": [Depends(require_api_key)],
+        "dependencies": list(guards),
         "openapi_extra": {"requestBody": _INFER_BODY},
         "responses": {**_errors(400, 401, 404, 413, 415),
                       200: {"model": schemas.InferenceResponse}},
