@@ -252,7 +252,7 @@ def train(arch: str, *, epochs: int, seed: int, batch_size: int = 32, lr: float 
     return net, metadata
 
 
-def _parser() -> argparse.ArgumentParser:
+def _nnlib_train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nnlib-train",
         description="Train a digit classifier on scikit-learn's digits and save it as an "
@@ -284,11 +284,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def nnlib_train_main(argv: list[str] | None = None) -> int:
     """Run ``nnlib-train`` (the digits presets); return the exit status."""
-    args = _parser().parse_args(argv)
+    args = _nnlib_train_parser().parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1 or not args.lr > 0:
-        _parser().error("--epochs, --batch-size and --lr must be positive")
+        _nnlib_train_parser().error("--epochs, --batch-size and --lr must be positive")
     if not 0 < args.test_size < 1:
-        _parser().error("--test-size must lie strictly between 0 and 1")
+        _nnlib_train_parser().error("--test-size must lie strictly between 0 and 1")
     if not args.no_progress:
         try:
             import tqdm  # noqa: F401  (fit draws its bar with it)

@@ -144,28 +144,31 @@ def read_spec(path: str | os.PathLike) -> list[dict]:
         document = document["architecture"]
     if not isinstance(document, list):
         raise SpecError(f"{path}: expected a list of layers, or {{\"architecture\": [...]}}")
-    return _check_entries(document, "", path)
+    try:
+        return _check_entries(document, "")
+    except SpecError as exc:
+        raise SpecError(f"{path}: {exc}") from None
 
 
-def _check_entries(entries: list, prefix: str, path: Path) -> list[dict]:
+def _check_entries(entries: list, prefix: str) -> list[dict]:
     specs = []
     for index, entry in enumerate(entries):
         at = f"{prefix}{index}"
         if not isinstance(entry, dict) or "type" not in entry or \
                 not set(entry) <= {"type", "config"}:
-            raise SpecError(f"{path}: layer {at} must be {{\"type\": ..., \"config\": "
+            raise SpecError(f"layer {at} must be {{\"type\": ..., \"config\": "
                             "{...}}")
         config = entry.get("config", {})
         if not isinstance(config, dict):
-            raise SpecError(f"{path}: layer {at} config must be a table of arguments")
+            raise SpecError(f"layer {at} config must be a table of arguments")
         cls = _check_type(entry["type"], at)
         if cls is None:
             modules = config.get("modules")
             if set(config) != {"modules"} or not isinstance(modules, list):
-                raise SpecError(f"{path}: layer {at} (Sequential): config must be "
+                raise SpecError(f"layer {at} (Sequential): config must be "
                                 "{\"modules\": [...]}")
             specs.append({"type": _SEQUENTIAL,
-                          "config": {"modules": _check_entries(modules, f"{at}.", path)}})
+                          "config": {"modules": _check_entries(modules, f"{at}.")}})
         else:
             specs.append({"type": entry["type"], "config": _bind(cls, (), config, at)})
     return specs
