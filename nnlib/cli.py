@@ -567,7 +567,7 @@ def run_train(args: argparse.Namespace, argv: list[str]) -> int:
     metrics["loss"] = "mean cross-entropy (nats)"
 
     name = args.name or (args.arch if preset and preset.dataset else
-                         Path(data.source["name"]).stem.replace("sklearn.datasets.load_", ""))
+                         args.dataset or Path(data.source["name"]).stem)
     spec_text = format_spec(net)
     description = args.description or (preset and preset.description) or (
         f"{n_classes}-class classifier ({', '.join(data.labels)}) of "

@@ -28,6 +28,7 @@ BUNDLED = {
     "iris": "load_iris",
     "wine": "load_wine",
 }
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 MISSING_SKLEARN = ("scikit-learn is needed for the bundled datasets, from the 'train' "
                    "extra: pip install 'nnserve[train]'")
 
@@ -190,7 +191,7 @@ def _number(cell: str, path: Path, line: int, column: str) -> float:
     except ValueError:
         raise DataError(f"{where}: {cell!r} is not a number") from None
     # float32 is what the network sees: a value beyond its range would become infinite.
-    if not math.isfinite(value) or abs(value) > np.finfo(np.float32).max:
+    if not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
         raise DataError(f"{where}: {cell!r} is not a finite float32 number")
     return value
 
