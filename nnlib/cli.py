@@ -1020,6 +1020,9 @@ def main(argv: list[str] | None = None) -> int:
         status = getattr(exc, "status", 2)
         print(f"{_PROG} {args.command}: error: {exc}", file=sys.stderr)
         return status
+    except BrokenPipeError:  # `nnlib inspect FILE | head`: the reader has had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":
