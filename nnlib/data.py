@@ -220,7 +220,7 @@ def read_npz(path: str | os.PathLike, *, labels: Sequence[str] | None = None,
     bad = np.argwhere(~np.isfinite(X32))
     if len(bad):
         at = ", ".join(map(str, bad[0]))
-        raise DataError(f"{path}: X[{at}] = {X[tuple(bad[0])]!r} is not a finite float32 "
+        raise DataError(f"{path}: X[{at}] = {X[tuple(bad[0])].item()!r} is not a finite float32 "
                         "number")
     y, known = None, list(labels or [])
     if "y" in arrays:
