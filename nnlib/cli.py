@@ -765,8 +765,12 @@ def run_predict(args: argparse.Namespace, argv: list[str]) -> int:
 
     model, metadata = _load(args.file)
     data = _model_data(args, metadata, need_labels=False)
-    probs = probabilities(model, metadata["output"],
-                          _shaped(data.X, metadata["input_shape"], "the data"))
+    X = _shaped(data.X, metadata["input_shape"], "the data")
+    step = args.batch_size or max(1, len(X))
+    # One forward pass per batch, as one request of that many samples gets: BLAS picks its
+    # kernel by the number of rows, so other batch sizes may round the last digit otherwise.
+    probs = np.concatenate([probabilities(model, metadata["output"], X[i : i + step])
+                            for i in range(0, len(X), step)])
     if not np.isfinite(probs).all():
         row = int(np.argmin(np.isfinite(probs).all(axis=1)))
         raise CommandError(f"sample {row}: the network gives no finite probabilities (its "
@@ -990,6 +994,11 @@ def _parser() -> argparse.ArgumentParser:
                                   "(default: csv)")
             sub.add_argument("--out", type=Path, metavar="FILE",
                              help="write there (default: standard output)")
+            sub.add_argument("--batch-size", type=_positive_int, metavar="N",
+                             help="samples per forward pass (default: all in one). The "
+                                  "numbers are those of a /predict request of N samples; "
+                                  "another batch size may differ in the last float32 digit, "
+                                  "as BLAS picks its kernel by the number of rows")
 
     export = commands.add_parser(
         "export", help="export a network to ONNX",

@@ -29,9 +29,17 @@ def test_a_trained_csv_model_serves_what_nnlib_predict_gives(tmp_path, capsys):
     with run_server(tmp_path, "--model-dir", str(folder)) as server:
         response = httpx.post(f"{server.url}/models/iris/predict",
                               json={"inputs": samples}, timeout=30)
+        one = [httpx.post(f"{server.url}/models/iris/predict", json={"inputs": [sample]},
+                          timeout=30).json()["predictions"][0] for sample in samples[:5]]
     assert response.status_code == 200, response.text
     served = response.json()["predictions"]
     assert len(served) == len(offline) == 150
     assert [p["label"] for p in served] == [p["label"] for p in offline]
     assert np.array_equal(np.array([p["probabilities"] for p in served], np.float32),
                           np.array([p["probabilities"] for p in offline], np.float32))
+    # and one sample per request is `--batch-size 1`
+    assert cli.main(["predict", str(folder / "iris.joblib"), str(data), "--format", "jsonl",
+                     "--batch-size", "1"]) == 0
+    single = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert np.array_equal(np.array([p["probabilities"] for p in one], np.float32),
+                          np.array([p["probabilities"] for p in single[:5]], np.float32))
