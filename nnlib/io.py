@@ -62,6 +62,7 @@ from .activation import (
 from .conv import Conv1D, Flatten, MaxPool1D
 from .linear import Linear, Scale
 from .module import Module, Sequential
+from .preprocessing import Standardize
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -202,6 +203,7 @@ LAYERS: dict[str, LayerType] = {
     "MaxPool1D": LayerType(MaxPool1D, {"k_size": _size, "stride": _size}),
     "Flatten": LayerType(Flatten, {}),
     "Scale": LayerType(Scale, {"factor": _finite}),
+    "Standardize": LayerType(Standardize, {"features": _size, "dtype": _param_dtype}, lambda c: {"mean": (c["features"],), "scale": (c["features"],)}),  # noqa: E501
     "LeakyReLU": LayerType(LeakyReLU, {"alpha": _finite}),
     "TanH": LayerType(TanH, {}),
     "Sigmoid": LayerType(Sigmoid, {}),

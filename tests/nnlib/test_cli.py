@@ -1,4 +1,5 @@
-"""nnlib-train: reproducible training, recorded metadata, and the shipped digit models."""
+"""nnlib-train (the digits presets, kept as they were) and the shipped digit models; the
+`nnlib` command's sub-commands are tested in test_cli_commands.py."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ SHIPPED = {
 
 
 def train_cli(out: Path, *args: str) -> nnlib.Artifact:
-    assert cli.main([*args, "--out", str(out), "--no-progress"]) == 0
+    assert cli.nnlib_train_main([*args, "--out", str(out), "--no-progress"]) == 0
     return nnlib.load(out)
 
 
@@ -102,7 +103,7 @@ def test_bad_arguments_exit_with_usage(tmp_path, capsys):
                  ["--arch", "mlp", "--epochs", "0", "--out", str(tmp_path / "x")],
                  ["--arch", "mlp", "--test-size", "1", "--out", str(tmp_path / "x")]):
         with pytest.raises(SystemExit) as info:
-            cli.main(argv)
+            cli.nnlib_train_main(argv)
         assert info.value.code == 2
     assert "usage: nnlib-train" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
@@ -118,16 +119,18 @@ def test_missing_train_extra_is_a_clear_error(monkeypatch):
 
 
 def test_nnlib_does_not_import_sklearn_or_tqdm():
-    code = ("import sys, nnlib, nnlib.cli, nnlib.io; "
-            "print(sorted(m for m in ('sklearn', 'threadpoolctl', 'tqdm') if m in sys.modules))")
+    code = ("import sys, nnlib, nnlib.cli, nnlib.io, nnlib.data, nnlib.spec, nnlib.export; "
+            "print(sorted(m for m in ('sklearn', 'threadpoolctl', 'tqdm', 'onnx', 'matplotlib') "
+            "if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "[]"
 
 
-def test_console_script_is_declared():
+def test_console_scripts_are_declared():
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert 'nnlib-train = "nnlib.cli:main"' in pyproject
+    assert 'nnlib = "nnlib.cli:main"' in pyproject
+    assert 'nnlib-train = "nnlib.cli:nnlib_train_main"' in pyproject
 
 
 # ---------------------------------------------------------------------------------------
