@@ -29,6 +29,10 @@ _ALLOWED = frozenset({("joblib.numpy_pickle", "NumpyArrayWrapper"), ("numpy", "n
                       ("numpy", "dtype")})
 _FLOAT_CODES = {"f2": 2, "f4": 4, "f8": 8}
 _INTS = {"BININT", "BININT1", "BININT2", "LONG1"}
+_GETS = {"GET", "BINGET", "LONG_BINGET"}
+_PUTS = {"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"}
+_GLOBALS = {"GLOBAL", "STACK_GLOBAL", "INST"}
+_REFUSED = {"EXT1", "EXT2", "EXT4", "PERSID", "BINPERSID"}
 
 
 def _check_globals(stream: bytes) -> None:
@@ -38,46 +42,52 @@ def _check_globals(stream: bytes) -> None:
     pickle, so the scan follows the wrapper state (shape, dtype code; globals and strings
     through the memo) to skip exactly the bytes joblib will read, and resumes after them.
     """
-    handle, memo, last = io.BytesIO(stream), {}, [None, None]
-    shape: list[int] = []
+    handle, memo, recent = io.BytesIO(stream), {}, [None, None]
+    shape: list[int] | None = []
     collecting = armed = False
-    code = None
+    code = None  # the dtype code of the array being read; "" right after numpy.dtype
     while True:
         for opcode, arg, _ in pickletools.genops(handle):
             name = opcode.name
-            value = memo.get(arg) if name in ("BINGET", "LONG_BINGET", "GET") else arg
-            if name in ("STACK_GLOBAL", "GLOBAL", "INST"):
-                value = tuple(arg.split(" ", 1)) if name != "STACK_GLOBAL" else tuple(last)
-                if value not in _ALLOWED:
-                    raise Refused(f"global {quote(value[0])}.{quote(value[1])} is not one a "
+            value = memo.get(arg) if name in _GETS else arg
+            if name in _GLOBALS:
+                found = tuple(arg.split(" ", 1)) if name != "STACK_GLOBAL" else tuple(recent)
+                if found not in _ALLOWED:
+                    raise Refused(f"global {quote(found[0])}.{quote(found[1])} is not one a "
                                   "format-1 artifact needs")
-            elif name in ("EXT1", "EXT2", "EXT4", "PERSID", "BINPERSID"):
+                value = ("global", *found)
+            elif name in _REFUSED:
                 raise Refused(f"pickle opcode {name} is not allowed")
-            if name == "MEMOIZE":
-                memo[len(memo)] = last[-1]
-            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                memo[arg] = last[-1]
-            elif collecting and name in _INTS:
-                shape.append(value)
-            elif collecting and ("TUPLE" in name or value is not None):
-                collecting = False  # the shape ends at its tuple opcode: anything else is odd
-                if "TUPLE" not in name:
-                    raise Refused("an array shape that is not a tuple of ints")
-            elif value == ("numpy", "dtype"):
-                code = ""  # the next string is the dtype code
+            elif name == "REDUCE" and code:
+                value = ("dtype", code)  # the dtype object, memoized for the next arrays
+            if name in _PUTS:
+                memo[len(memo) if name == "MEMOIZE" else arg] = recent[-1]
+                continue
+            if collecting:
+                if name in _INTS:
+                    shape.append(value)
+                elif "TUPLE" in name:
+                    collecting = False
+                elif name != "MARK":  # not a shape joblib wrote: no array may use it
+                    collecting, shape = False, None
+            elif value == ("global", "numpy", "dtype"):
+                code = ""
+            elif type(value) is tuple and value[0] == "dtype":
+                code = value[1]
             elif type(value) is str:
-                collecting, shape = (True, []) if value == "shape" else (False, shape)
-                armed = armed or value == "numpy_array_alignment_bytes"
                 code = value if code == "" else code
-            if name not in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "FRAME"):
-                last = [last[-1], value]
+                collecting, shape = value == "shape", [] if value == "shape" else shape
+                armed = armed or value == "numpy_array_alignment_bytes"
+            if name != "FRAME":
+                recent = [recent[-1], value]
             if name == "BUILD" and armed:
                 break
         else:
             if handle.read(1):
                 raise Refused("unexpected bytes after the end of the pickle")
             return
-        if code not in _FLOAT_CODES or not all(type(n) is int and n >= 0 for n in shape):
+        if code not in _FLOAT_CODES or shape is None or \
+                not all(type(n) is int and n >= 0 for n in shape):
             raise Refused(f"array of dtype {quote(code)} and shape {shape} is not a float array")
         padding = handle.read(1)
         handle.seek((padding[0] if padding else 0) + math.prod(shape) * _FLOAT_CODES[code],

@@ -85,10 +85,11 @@ class Artifact(NamedTuple):
 def _read_bounded(path: Path, max_bytes: int) -> bytes:
     # O_NONBLOCK so that a FIFO named like an artifact cannot hang the loader.
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise Refused("not a regular file")
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise Refused("not a regular file")
         if info.st_size > max_bytes:
             raise Refused(f"file has {info.st_size} bytes, more than the limit of {max_bytes} "
                           "(Limits.file_bytes)")
@@ -143,9 +144,6 @@ def _parameters(raw: object, blobs: int, limits: Limits) -> tuple[dict, dict[str
     """Check the parameter entries; return their headers ``{dtype, shape}`` and their data."""
     if type(raw) is not dict:
         raise Refused(f"parameters must be a dict, got {quote(raw)}")
-    if blobs != len(raw):  # a dict key given twice keeps the last value without a word
-        raise Refused(f"the file holds {blobs} data values for {len(raw)} parameters: a "
-                      "parameter is given twice, or data sits outside the parameters")
     headers, data = {}, {}
     for name, entry in raw.items():
         if type(name) is not str or len(name) > limits.key_length:
@@ -169,6 +167,9 @@ def _parameters(raw: object, blobs: int, limits: Limits) -> tuple[dict, dict[str
             raise Refused(f"parameter {quote(name)}: {len(blob)} bytes of data, but {dtype} "
                           f"{shape} needs {nbytes}")
         headers[name], data[name] = {"dtype": dtype, "shape": shape}, blob
+    if blobs != len(raw):  # a dict key given twice keeps the last value without a word
+        raise Refused(f"the file holds {blobs} data values for {len(raw)} parameters: a "
+                      "parameter is given twice, or data sits outside the parameters")
     return headers, data
 
 

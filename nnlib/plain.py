@@ -47,8 +47,8 @@ _NAMES = {code: name for name in pickle.__all__
 _LARGE = 64 * 1024
 _FRAME_MIN = 4
 _FORMAT1_GLOBAL = ("joblib.numpy_pickle", "NumpyArrayWrapper")
-FORMAT1_HINT = ("this is a format-1 artifact (numpy arrays as joblib objects); convert a "
-                "file you trust with: nnlib convert OLD NEW")
+FORMAT1_HINT = ("numpy arrays pickled as joblib objects, as in format 1: format 2 holds plain "
+                "data only; convert a format-1 file you trust with: nnlib convert OLD NEW")
 
 
 def _scan(stream: bytes, limits: Limits) -> tuple[int, int]:
@@ -159,8 +159,16 @@ def to_plain(value: object, limits: Limits = DEFAULT_LIMITS, where: str = "metad
     trail: list[object] = []  # keys and indices down to the value being checked
 
     def refuse(reason: str) -> Refused:
-        at = "".join(f"[{quote(key, 24)}]" for key in trail)
-        return Refused(f"{where}{at}: {reason}")
+        # The location is cut in the middle, so that the reason (the bound) always shows.
+        steps = [f"[{quote(key, 24)}]" for key in (*trail[:3], *trail[3:][-2:])]
+        if len(trail) > 5:
+            steps.insert(3, f"...{len(trail) - 5} more...")
+        return Refused(f"{where}{''.join(steps)}: {reason}")
+
+    def charge(length: int) -> None:  # a string's JSON: at least its quotes and a comma
+        budget[1] -= length + 3
+        if budget[1] < 0:
+            raise refuse(f"more than {limits.metadata_bytes} bytes (Limits.metadata_bytes)")
 
     def walk(value: object, depth: int) -> object:
         budget[0] -= 1
@@ -171,9 +179,7 @@ def to_plain(value: object, limits: Limits = DEFAULT_LIMITS, where: str = "metad
             if len(value) > limits.string_length:
                 raise refuse(f"a string of {len(value)} characters, more than "
                              f"{limits.string_length} (Limits.string_length)")
-            budget[1] -= len(value) + 3
-            if budget[1] < 0:
-                raise refuse(f"more than {limits.metadata_bytes} bytes (Limits.metadata_bytes)")
+            charge(len(value))
             return value
         if value is None or kind is bool:
             return value
@@ -207,8 +213,8 @@ def to_plain(value: object, limits: Limits = DEFAULT_LIMITS, where: str = "metad
                 raise refuse(f"key {quote(key)} is not a string of at most "
                              f"{limits.key_length} characters (Limits.key_length)")
             trail.append(key)
+            charge(len(key))
             plain[key] = walk(item, depth + 1)
-            budget[1] -= len(key)
             trail.pop()
         return plain
 
