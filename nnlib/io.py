@@ -156,10 +156,13 @@ def _parameters(raw: object, blobs: int, limits: Limits) -> tuple[dict, dict[str
             raise Refused(f"parameter {quote(name)}: dtype {quote(dtype)} is not one of "
                           f"{sorted(PARAM_DTYPES)}")
         # Each size is bounded before the product, which is then at most 8 * 25 bits.
-        if (type(shape) is not list or len(shape) > _MAX_NDIM or not all(
-                type(n) is int and 0 <= n <= limits.array_bytes for n in shape)):
+        if type(shape) is not list or len(shape) > _MAX_NDIM:
             raise Refused(f"parameter {quote(name)}: shape {quote(shape)} is not a list of at "
-                          f"most {_MAX_NDIM} sizes in [0, {limits.array_bytes}]")
+                          f"most {_MAX_NDIM} sizes")
+        odd = [n for n in shape if type(n) is not int or not 0 <= n <= limits.array_bytes]
+        if odd:
+            raise Refused(f"parameter {quote(name)}: shape entry {quote(odd[0])} is not a size "
+                          f"in [0, {limits.array_bytes}]")
         if type(blob) is not bytes:
             raise Refused(f"parameter {quote(name)}: data is {quote(blob)}, not bytes")
         nbytes = math.prod(shape) * np.dtype(dtype).itemsize
