@@ -39,6 +39,7 @@ _ARG = {
 }
 _STRINGS = {pickle.SHORT_BINUNICODE, pickle.BINUNICODE, pickle.BINUNICODE8}
 _BYTES = {pickle.SHORT_BINBYTES, pickle.BINBYTES, pickle.BINBYTES8}
+_VALUES = _STRINGS | _BYTES
 _NAMES = {code: name for name in pickle.__all__
           if isinstance(code := getattr(pickle, name), bytes) and len(code) == 1}
 # pickle writes a str or bytes of at least this many bytes outside any frame
@@ -65,7 +66,7 @@ def _scan(stream: bytes, limits: Limits) -> tuple[int, int]:
     frame_end = None  # end of the current frame, None outside frames
     framed = False  # a frame was seen since the start or the last unframed large value
     loose = 0  # bytes of small opcodes outside frames since then
-    strings: list[tuple[int, int]] = []  # the last two string arguments, for messages
+    strings: list[tuple[int, int]] = []  # the strings just before, for naming a global
     while True:
         if pos >= end:
             raise Refused("the pickle ends without a STOP opcode")
@@ -81,9 +82,7 @@ def _scan(stream: bytes, limits: Limits) -> tuple[int, int]:
                 raise Refused("the pickle is truncated")
             n = int.from_bytes(stream[pos : pos - size], "little")
             pos -= size
-            if op in _STRINGS:
-                strings = [*strings[-1:], (pos, pos + n)]
-            elif op in _BYTES:
+            if op in _BYTES:
                 blobs, blob_bytes = blobs + 1, blob_bytes + n
                 if blob_bytes > limits.array_bytes:
                     raise Refused(f"more than {limits.array_bytes} bytes of parameter data "
@@ -92,16 +91,22 @@ def _scan(stream: bytes, limits: Limits) -> tuple[int, int]:
         pos += size
         if pos > end or (frame_end is not None and pos > frame_end):
             raise Refused("the pickle is truncated or an opcode crosses its frame's end")
+        if op in _STRINGS:
+            strings = [*strings[-1:], (pos - size, pos)]
+        elif op not in (pickle.MEMOIZE, pickle.FRAME):
+            strings = []
         if op == pickle.PROTO:
             if start != 0 or stream[start + 1] != 4:
                 raise Refused("not a protocol-4 pickle")
-        elif frame_end is None and op == pickle.FRAME:
+        elif op == pickle.FRAME:
+            if frame_end is not None:
+                raise Refused("a pickle frame inside a frame: the framing is corrupt")
             frame_end = pos + int.from_bytes(stream[start + 1 : pos], "little")
             if frame_end - pos < _FRAME_MIN or frame_end > end:
                 raise Refused("a pickle frame's length is corrupt")
             framed, loose = True, 0
         elif frame_end is None and start != 0:  # outside frames: only what pickle puts there
-            if op in _STRINGS | _BYTES and size >= _LARGE:
+            if op in _VALUES and size >= _LARGE:
                 framed, loose = False, 0
             else:
                 loose += pos - start

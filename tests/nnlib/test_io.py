@@ -672,6 +672,9 @@ def test_framing_pickle_would_not_write_is_refused(tmp_path):
     refused(path, "unexpected bytes after the end")
     path.write_bytes(b"\x80\x04\x95" + (4).to_bytes(8, "little") + b"}\x94}\x94")
     refused(path, "STOP")
+    inner = b"\x95" + (5).to_bytes(8, "little") + b"}\x94}\x94."
+    path.write_bytes(b"\x80\x04\x95" + len(inner).to_bytes(8, "little") + inner)
+    refused(path, "a pickle frame inside a frame")
 
 
 def test_lone_surrogate_strings_are_refused(tmp_path):
