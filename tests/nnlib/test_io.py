@@ -781,6 +781,21 @@ def write_shared_strings(path: Path) -> Path:
     return dump(payload, path)
 
 
+def write_deep(path: Path) -> Path:
+    node: object = []
+    for _ in range(150):  # joblib pickles in Python, a few frames per level
+        node = [node]
+    return dump(payload_of(softmax_net(), contract_metadata([4], "softmax", extra=node),
+                           sha256="0" * 64), path)
+
+
+def write_many_values(path: Path) -> Path:
+    # A million None visits from a few kilobytes: a thousand references to one list.
+    rows = [[None] * 1000] * 1000
+    return dump(payload_of(softmax_net(), contract_metadata([4], "softmax", extra=rows),
+                           sha256="0" * 64), path)
+
+
 def sigmoid_tower(layers: int) -> tuple[list, dict]:
     architecture = [{"type": "Sigmoid", "config": {}}] * layers
     architecture += [{"type": "Flatten", "config": {}}, {"type": "Softmax", "config": {}}]
@@ -855,6 +870,8 @@ BOUNDED = {
                                    "fit in 64 (Limits.int_bits)"),
     "many keys": (write_many_keys, "(Limits.metadata_bytes)"),
     "shared strings": (write_shared_strings, "(Limits.metadata_bytes)"),
+    "deep nesting": (write_deep, "nested deeper than 32 (Limits.depth)"),
+    "many values": (write_many_values, "more than 100000 values (Limits.nodes)"),
     "sigmoid tower": (write_sigmoid_tower, "(Limits."),
     "flops": (write_flops, "more than 100000000 floating-point operations by "
                            "architecture[7] (Limits.flops)"),
@@ -976,6 +993,8 @@ def saved_without_contract(tmp_path: Path, net, metadata) -> Path:
     (softmax_net(), {**contract_metadata([4], "softmax"), "name": ""}, "name"),
     (softmax_net(), {**contract_metadata([4], "softmax"), "dataset": "digits"}, "dataset"),
     (softmax_net(), {**contract_metadata([4], "softmax"), "input_kind": "image"}, "input_kind"),
+    (softmax_net(), {**contract_metadata([4], "softmax"), "k" * 129: 1},
+     "is not a string of at most 128 characters (Limits.key_length)"),
     (softmax_net(), contract_metadata([4], "softmax", labels=["a", "b", "c" * 100_000]),
      "metadata['labels'][2]: a string of 100000 characters, more than 8192 "
      "(Limits.string_length)"),
