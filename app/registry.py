@@ -10,9 +10,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 import nnlib
 from app.errors import ModelNotFoundError
@@ -20,17 +17,19 @@ from app.log import escape
 
 logger = logging.getLogger("nnserve.registry")
 
-OUTPUTS = ("softmax", "log_softmax")
 PREFERRED_DEFAULT = "digits-mlp"
 # Names appear in URLs, metric labels and log lines: keep them plain.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-# A sample larger than this is not one of "these networks"; refuse it before a dry run.
-_MAX_SAMPLE_SIZE = 1 << 20
 
 
 @dataclass(frozen=True, eq=False)
 class ServedModel:
-    """A loaded network with the metadata the API needs, checked once at load time."""
+    """A validated network with the metadata the API needs.
+
+    Built from an artifact that passed :func:`nnlib.validate` (metadata keys and types,
+    labels, input shape, head, bounded compute, one dry forward): the registry adds only
+    what is about serving, a name that can stand in URLs, metric labels and log lines.
+    """
 
     name: str
     version: str
@@ -51,96 +50,27 @@ class ServedModel:
         return math.prod(self.input_shape)
 
     @classmethod
-    def build(cls, network: nnlib.Module, metadata: dict) -> ServedModel:
-        """Check an artifact's network and metadata; raise ``ValueError`` saying what is wrong."""
-        if not isinstance(network, nnlib.Module):
-            raise ValueError(f"the network is a {type(network).__name__}, not an nnlib.Module")
-        if not isinstance(metadata, dict):
-            raise ValueError("the metadata is not a dict")
-        missing = [key for key in ("name", "version", "input_shape", "labels", "output")
-                   if key not in metadata]
-        if missing:
-            raise ValueError(f"the metadata lacks {', '.join(missing)}")
+    def from_artifact(cls, artifact: nnlib.Artifact) -> ServedModel:
+        """Serve an artifact :func:`nnlib.validate` (or :func:`nnlib.load`) returned.
 
+        Raises ``ValueError`` when its name cannot serve.
+        """
+        network, metadata = artifact
         name = metadata["name"]
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise ValueError(f"model name {name!r} is not 1-64 letters, digits, '.', '_' or '-'")
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"model name {escape(name, 80)!r} is not 1-64 letters, digits, "
+                             "'.', '_' or '-' (it names URLs and metric labels)")
+        return cls(name=name, version=metadata["version"], labels=tuple(metadata["labels"]),
+                   input_shape=tuple(metadata["input_shape"]), output=metadata["output"],
+                   metadata=metadata, network=network)
 
-        shape = metadata["input_shape"]
-        if (
-            not isinstance(shape, (list, tuple))
-            or not shape
-            or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0
-                       for d in shape)
-        ):
-            raise ValueError(f"input_shape {shape!r} is not a list of positive integers")
-        input_shape = tuple(int(d) for d in shape)
-        if math.prod(input_shape) > _MAX_SAMPLE_SIZE:
-            raise ValueError(f"input_shape {input_shape} is too large")
+    @classmethod
+    def build(cls, network: nnlib.Module, metadata: dict) -> ServedModel:
+        """Validate an in-memory network and its metadata, and serve it.
 
-        labels = metadata["labels"]
-        if (
-            not isinstance(labels, (list, tuple))
-            or not labels
-            or not all(isinstance(label, str) for label in labels)
-        ):
-            raise ValueError("labels is not a non-empty list of strings")
-        if len(set(labels)) != len(labels):
-            raise ValueError("labels are not unique")
-
-        output = metadata["output"]
-        if output not in OUTPUTS:
-            raise ValueError(f"output {output!r} is not one of {', '.join(OUTPUTS)}")
-
-        model = cls(
-            name=name,
-            version=str(metadata["version"]),
-            labels=tuple(labels),
-            input_shape=input_shape,
-            output=output,
-            metadata=_plain(metadata),
-            network=network,
-        )
-        _dry_run(model)
-        return model
-
-
-def _dry_run(model: ServedModel) -> None:
-    """Run the network once on zeros: the head must give one probability row per sample."""
-    batch = np.zeros((2, *model.input_shape), dtype=np.float32)
-    try:
-        with np.errstate(all="ignore"):
-            out = np.asarray(model.network.predict(batch))
-    except Exception as exc:  # any failure here means the artifact cannot serve
-        raise ValueError(f"a dry forward pass failed: {type(exc).__name__}: {exc}") from exc
-    if out.shape != (2, model.n_classes):
-        raise ValueError(
-            f"the network maps a batch of shape {batch.shape} to {out.shape}, "
-            f"expected (2, {model.n_classes}) for {model.n_classes} labels"
-        )
-    with np.errstate(all="ignore"):
-        probs = np.exp(out.astype(np.float64)) if model.output == "log_softmax" else out
-    if not np.all(np.isfinite(probs)) or not np.allclose(probs.sum(axis=1), 1, atol=1e-3):
-        raise ValueError(
-            f"the network's output is not {model.output} probabilities (rows do not sum to 1)"
-        )
-
-
-def _plain(value: Any) -> Any:
-    """Return ``value`` as JSON-ready data (numpy scalars and arrays become Python ones)."""
-    if isinstance(value, dict):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
+        Raises :class:`nnlib.ArtifactError` (a ``ValueError``) saying what is wrong.
+        """
+        return cls.from_artifact(nnlib.validate(nnlib.Artifact(network, metadata)))
 
 
 def default_model_dir() -> Path:
@@ -195,10 +125,12 @@ class Registry:
             return cls(default=default)
         for file in (folder / name for name in names):
             try:
-                artifact = nnlib.load(file)
-                model = ServedModel.build(artifact.model, artifact.metadata)
-            except Exception as exc:  # one bad file must not stop the others from serving
+                model = ServedModel.from_artifact(nnlib.load(file))
+            except ValueError as exc:  # one bad file must not stop the others from serving
                 logger.error("skipping %s: %s", escape(file.name), escape(str(exc)))
+                continue
+            except Exception:  # a loader bug: still only this file, with the traceback
+                logger.exception("skipping %s: the loader failed", escape(file.name))
                 continue
             if any(loaded.name == model.name for loaded in models):
                 logger.error("skipping %s: a model named %r is already loaded",

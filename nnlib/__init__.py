@@ -11,16 +11,20 @@ from .activation import (
     TanH,
 )
 from .conv import Conv1D, Flatten, MaxPool1D
-from .io import Artifact, ArtifactError, load, save, validate
+from .io import OUTPUT_HEADS, Artifact, load, save, validate
+from .limits import DEFAULT_LIMITS, ArtifactError, Limits
 from .linear import Linear, Scale
 from .loss import BCELoss, CrossEntropyLoss, Loss, MSELoss, NLLLoss, one_hot
 from .module import Module, Sequential
 from .optim import SGD, Adam, Optim, Optimizer
+from .preprocessing import Standardize
 from .train import History, accuracy, evaluate, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_LIMITS",
+    "OUTPUT_HEADS",
     "SGD",
     "Adam",
     "Artifact",
@@ -31,6 +35,7 @@ __all__ = [
     "Flatten",
     "History",
     "LeakyReLU",
+    "Limits",
     "Linear",
     "LogSoftmax",
     "Loss",
@@ -47,6 +52,7 @@ __all__ = [
     "Softmax",
     "Softplus",
     "StableSigmoid",
+    "Standardize",
     "TanH",
     "accuracy",
     "evaluate",

@@ -49,7 +49,8 @@ from .data import (
     read_data,
     split_indices,
 )
-from .io import SUPPORTED_FORMAT_VERSIONS, Artifact, ArtifactError, load, save
+from .io import FORMAT_VERSION, Artifact, load, save
+from .limits import ArtifactError
 from .linear import Linear, Scale
 from .loss import CrossEntropyLoss, Loss, NLLLoss, one_hot
 from .metrics import classification_report
@@ -248,6 +249,8 @@ def train(arch: str, *, epochs: int, seed: int, batch_size: int = 32, lr: float 
         },
         "created": _created(),
         "nnlib_version": __version__,
+        # For clients that draw or show the input (the demo page): an 8x8 grey-level grid.
+        "input_kind": {"type": "image", "grid": [8, 8], "range": [0, PIXEL_MAX]},
     }
     return net, metadata
 
@@ -629,11 +632,9 @@ def _load(path: Path) -> Artifact:
         raise CommandError(str(exc), status=1) from None
 
 
-def _format_version(artifact: Artifact) -> int | None:
-    version = getattr(artifact, "format_version", None)
-    if version is None and len(SUPPORTED_FORMAT_VERSIONS) == 1:
-        (version,) = SUPPORTED_FORMAT_VERSIONS  # the only one the loader accepts
-    return version
+def _format_version(artifact: Artifact) -> int:
+    # The loader reads one format only: a file it loaded is in that one.
+    return FORMAT_VERSION
 
 
 def _layers(model: Sequential, prefix: str = "") -> list[dict]:
@@ -818,11 +819,8 @@ def run_export(args: argparse.Namespace, argv: list[str]) -> int:
 
 def run_convert(args: argparse.Namespace, argv: list[str]) -> int:
     """``nnlib convert``: rewrite a format-1 artifact as format 2."""
-    try:
-        from .format1 import convert  # the format-2 loader's module, imported on demand
-    except ImportError as exc:
-        raise CommandError(f"nnlib convert needs nnlib.format1, which this installation "
-                           f"lacks ({exc})", status=1) from None
+    from .format1 import convert  # imports joblib's reader only for this command
+
     try:
         convert(args.old, args.new)
     except ArtifactError as exc:

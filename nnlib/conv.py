@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from .linear import WeightedModule
-from .module import Module
+from .module import Module, WeightedModule
 
 
 def _out_length(length: int, k_size: int, stride: int) -> int:

@@ -4,36 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .module import Module
+from .module import Module, WeightedModule
 
 _FLOAT32 = np.dtype(np.float32)
-
-
-class WeightedModule(Module):
-    """A layer with a ``weight`` and an optional ``bias``, initialised as PyTorch does."""
-
-    def _init_parameters(self, weight_shape: tuple[int, ...], fan_in: int, bias: bool,
-                         dtype, rng: np.random.Generator | int | None) -> None:
-        r"""Draw the weight, then the bias (the weight's last size), uniform in
-        :math:`\pm 1/\sqrt{\text{fan\_in}}`."""
-        self.dtype = np.dtype(dtype)
-        rng = np.random.default_rng(rng)
-        bound = 1 / np.sqrt(fan_in)
-
-        def draw(shape: tuple[int, ...]) -> np.ndarray:
-            return rng.uniform(-bound, bound, size=shape).astype(self.dtype)
-
-        self._add_parameter("weight", draw(weight_shape))
-        if bias:
-            self._add_parameter("bias", draw(weight_shape[-1:]))
-
-    @property
-    def weight(self) -> np.ndarray:
-        return self._parameters["weight"]
-
-    @property
-    def bias(self) -> np.ndarray | None:
-        return self._parameters.get("bias")
 
 
 class Linear(WeightedModule):

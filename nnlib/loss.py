@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .activation import _log_softmax
+from .functional import log_softmax
 
 __all__ = ["BCELoss", "CrossEntropyLoss", "Loss", "MSELoss", "NLLLoss"]
 
@@ -110,11 +110,11 @@ class CrossEntropyLoss(Loss):
     """
 
     def forward(self, y, yhat):
-        return -np.add.reduce(self._targets(y, yhat) * _log_softmax(yhat), axis=-1)
+        return -np.add.reduce(self._targets(y, yhat) * log_softmax(yhat), axis=-1)
 
     def backward(self, y, yhat):
         y = self._targets(y, yhat)
-        s = np.exp(_log_softmax(yhat))
+        s = np.exp(log_softmax(yhat))
         return s * np.add.reduce(y, axis=-1, keepdims=True) - y
 
 

@@ -7,7 +7,7 @@ literal arguments only (read with :func:`ast.literal_eval`, never evaluated)::
 
 A file holds the artifact's own form, ``{"type": ..., "config": {...}}`` per layer (a
 ``Sequential`` nests ``{"modules": [...]}``), as a JSON list or under an ``architecture``
-key (in TOML, ``[[architecture]]`` tables). Every layer of :data:`nnlib.io.LAYERS` is
+key (in TOML, ``[[architecture]]`` tables). Every layer of :data:`nnlib.architecture.LAYERS` is
 allowed. ``Standardize`` may omit ``features``: it takes the size of its input's last axis.
 
 :func:`build` instantiates a spec for an input shape and runs it symbolically: each layer's
@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from .activation import LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Softplus, TanH
+from .architecture import LAYERS
 from .conv import Conv1D, Flatten, MaxPool1D
-from .io import LAYERS
 from .linear import Linear, Scale
 from .module import Module, Sequential
 from .preprocessing import Standardize

@@ -11,7 +11,7 @@ import nnlib
 from app.config import Settings
 from app.errors import InferenceError
 from app.registry import Registry, ServedModel
-from tests.helpers import tiny_mlp
+from tests.helpers import fragile_model, tiny_mlp
 
 SAMPLE = [1] * 64
 V2_BODY = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": SAMPLE}]}
@@ -38,20 +38,9 @@ def test_a_dependency_added_to_the_app_is_enforced_on_every_inference_route(
     assert "x-request-id" in response.headers
 
 
-class _Fragile(nnlib.Module):
-    """Fails on batches of three, as a bug in a network would."""
-
-    def forward(self, X):
-        if len(X) == 3:
-            raise RuntimeError("boom")
-        return X
-
-
 @pytest.fixture
 def fragile_client(make_client):
-    net, metadata = tiny_mlp("fragile")
-    net = nnlib.Sequential(*net.modules[:-1], _Fragile(), net.modules[-1])
-    return make_client(registry=Registry([ServedModel.build(net, metadata)]))
+    return make_client(registry=Registry([fragile_model()]))
 
 
 @pytest.mark.parametrize(("path", "body", "shape"), [
@@ -64,6 +53,8 @@ def test_a_500_carries_the_request_id(fragile_client, path, body, shape):
     assert response.status_code == 500
     assert response.json() == {shape: "internal server error"}
     assert response.headers["x-request-id"] == "trace-500"
+    # The server goes on: the same model answers a batch it does not fail on.
+    assert fragile_client.post("/predict", json={"inputs": [SAMPLE] * 2}).status_code == 200
 
 
 def test_a_413_carries_cors_headers(make_client):

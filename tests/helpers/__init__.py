@@ -55,3 +55,24 @@ def save_tiny_models(folder: Path) -> Path:
     for net, metadata in (tiny_mlp(), tiny_cnn()):
         nnlib.save(folder / f"{metadata['name']}.joblib", net, metadata)
     return folder
+
+
+class Fragile(nnlib.Module):
+    """Fails on batches of three, as a bug in a network would (no artifact can hold it)."""
+
+    def forward(self, X):
+        if len(X) == 3:
+            raise RuntimeError("boom")
+        return X
+
+
+def fragile_model():
+    """A served tiny MLP with :class:`Fragile` before its head, built without validation:
+    what the server does when a network raises, which nnlib.validate would refuse."""
+    from app.registry import ServedModel
+
+    net, metadata = tiny_mlp("fragile")
+    net = nnlib.Sequential(*net.modules[:-1], Fragile(), net.modules[-1])
+    return ServedModel(name="fragile", version=metadata["version"],
+                       labels=tuple(metadata["labels"]), input_shape=(64,),
+                       output=metadata["output"], metadata=metadata, network=net)

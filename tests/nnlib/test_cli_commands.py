@@ -199,7 +199,7 @@ def test_npz_data_with_integer_labels(tmp_path):
 def test_inspect_text_and_json(capsys):
     assert run("inspect", str(WINE_MODEL)) == 0
     text = capsys.readouterr().out
-    assert "format 1, sha256 verified" in text and "Linear(13, 32)" in text
+    assert "format 2, sha256 verified" in text and "Linear(13, 32)" in text
     assert "total" in text and "573" in text and '"features"' in text
     assert run("inspect", str(WINE_MODEL), "--json") == 0
     report = json.loads(capsys.readouterr().out)
@@ -218,7 +218,7 @@ def hostile_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     files = {}
     truncated = tmp_path / "truncated.joblib"
     truncated.write_bytes(good.read_bytes()[:200])
-    files["truncated"] = (truncated, "pickle frame declares")
+    files["truncated"] = (truncated, "pickle frame")
     payload = _payload(good)
     payload["metadata"]["name"] = "changed"  # the recorded sha256 no longer matches
     digest = tmp_path / "digest.joblib"

@@ -11,8 +11,8 @@ import pytest
 
 import nnlib
 from nnlib import cli
+from nnlib.architecture import LAYERS
 from nnlib.export import CONVERTERS, OPSET, to_onnx
-from nnlib.io import LAYERS
 from nnlib.preprocessing import Standardize
 from tests.helpers import ROOT
 

@@ -516,3 +516,56 @@ def test_sequential_repr_and_modules():
     assert list(net.parameters()) == ["1.0.weight", "1.0.bias"]
     with pytest.raises(TypeError):
         nn.Sequential(nn.ReLU(), "not a module")
+
+
+# --- fast paths: never bypass a subclass's forward --------------------------------------------
+
+
+class Clip(nn.ReLU):
+    """ReLU clipped at 1: overrides forward only, so ReLU's in-place path must not apply."""
+
+    def forward(self, X):
+        return np.clip(X, 0, 1)
+
+
+class Hard(nn.Sigmoid):
+    """A piecewise-linear sigmoid: overrides forward only."""
+
+    def forward(self, X):
+        return np.clip(0.25 * X + 0.5, 0, 1)
+
+
+class Identity(nn.Linear):
+    """Returns its input: its output is *not* new, whatever Linear declares."""
+
+    def forward(self, X):
+        return X
+
+
+@pytest.mark.parametrize("layer", [Clip(), Hard()])
+def test_a_subclass_overriding_forward_is_never_bypassed(layer):
+    x = np.random.default_rng(0).normal(scale=3, size=(5, 4)).astype(np.float32)
+    net = nn.Sequential(nn.Linear(4, 4, rng=0), layer)
+    expected = net.forward(x)
+    assert np.abs(expected).max() <= 1
+    np.testing.assert_array_equal(net.predict(x), expected)
+    np.testing.assert_array_equal(layer.predict(x), layer.forward(x))
+    assert type(layer)._predict_inplace is None
+
+
+def test_output_is_new_is_trusted_only_from_the_class_defining_forward():
+    x = np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)
+    keep = x.copy()
+    net = nn.Sequential(Identity(4, 4, rng=0), nn.ReLU())
+    np.testing.assert_array_equal(net.predict(x), np.maximum(keep, 0))
+    np.testing.assert_array_equal(x, keep)  # the caller's array was not overwritten
+    assert nn.Linear._output_is_new and not Identity._output_is_new
+
+
+def test_relu_keeps_its_in_place_fast_path():
+    assert nn.ReLU._predict_inplace is nn.ReLU.predict_inplace
+    x = np.random.default_rng(2).normal(size=(3, 4)).astype(np.float32)
+    keep = x.copy()
+    net = nn.Sequential(nn.Linear(4, 4, rng=0), nn.ReLU())
+    np.testing.assert_array_equal(net.predict(x), net.forward(x))
+    np.testing.assert_array_equal(x, keep)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import nnlib
-from nnlib.io import LAYERS
+from nnlib.architecture import LAYERS
 from nnlib.spec import SpecError, build, format_spec, load_spec, parse_spec
 
 WINE = "Standardize -> Linear(13, 32) -> ReLU -> Linear(32, 3) -> Softmax"
@@ -105,9 +105,9 @@ def test_json_and_toml_files_in_the_artifact_form(tmp_path):
 
 def test_an_artifacts_own_architecture_is_a_spec(tmp_path):
     net = nnlib.Sequential(nnlib.Linear(4, 3, rng=0), nnlib.Softmax())
-    from nnlib.io import _describe
+    from nnlib.architecture import describe
 
-    (tmp_path / "arch.json").write_text(json.dumps(_describe(net.modules, "architecture")))
+    (tmp_path / "arch.json").write_text(json.dumps(describe(net.modules)))
     rebuilt, out = build(load_spec(str(tmp_path / "arch.json")), [4], rng=0)
     assert out == [3] and format_spec(rebuilt) == format_spec(net)
 

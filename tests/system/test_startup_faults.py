@@ -3,7 +3,8 @@
 One bad file never stops the others from serving, and the log says which file was skipped
 and why; with no valid artifact the process stays alive (/health 200) but is not ready
 (/ready 503); a folder that is missing, not a folder or unreadable is named in a clear error.
-The exhaustive artifact refusals (every pickle trick) are nnlib's, in tests/test_io.py.
+The exhaustive artifact refusals (every pickle trick, every bound) are nnlib's, in
+tests/nnlib/test_io.py.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ import joblib
 import pytest
 
 import nnlib
+import nnlib.io
 from app import log
 from app.config import Settings
 from app.main import create_app
+from nnlib.architecture import describe
 from tests.helpers import save_tiny_models, tiny_mlp
 from tests.helpers.servers import STARTUP_TIMEOUT, Server, free_port, run_server, server_env
 
@@ -72,7 +75,7 @@ def _bit_flip(path: Path) -> None:
 
 
 def _zlib_bomb(path: Path) -> None:
-    # 80 MiB of zeros in ~80 KiB: more than nnlib's 64 MiB inflate limit.
+    # 80 MiB of zeros in ~80 KiB: more than nnlib's 16 MiB inflate limit.
     stream = zlib.compressobj(9)
     chunk = bytes(1 << 20)
     parts = [stream.compress(chunk) for _ in range(80)]
@@ -91,6 +94,46 @@ def _metadata_name(name: str) -> Callable[[Path], None]:
         nnlib.save(path, net, {**metadata, "name": name})
 
     return build
+
+
+def _format1(path: Path) -> None:
+    """A format-1 artifact (numpy arrays as joblib objects): refused with how to convert it."""
+    net, metadata = tiny_mlp("old", seed=5)
+    joblib.dump({"format": "nnlib-artifact", "format_version": 1,
+                 "architecture": describe(net.modules), "parameters": net.parameters(),
+                 "metadata": metadata, "sha256": "0" * 64}, path, protocol=4)
+
+
+def _signed(path: Path, architecture: list, metadata: object, sha256: str | None = None) -> None:
+    """A format-2 payload with no parameters, signed as nnlib.save would sign it."""
+    if sha256 is None:
+        sha256 = nnlib.io._digest(2, architecture, {}, metadata, {},
+                                  nnlib.Limits(metadata_bytes=2**30))
+    joblib.dump({"format": "nnlib-artifact", "format_version": 2, "architecture": architecture,
+                 "parameters": {}, "metadata": metadata, "sha256": sha256}, path, protocol=4)
+
+
+def _code_in_metadata(path: Path) -> None:
+    _, metadata = tiny_mlp("meta", seed=7)
+    _signed(path, [], {**metadata, "extra": [_RunsCode(path.parent.parent / "pwned-meta")]},
+            sha256="0" * 64)
+
+
+def _sigmoid_tower(path: Path) -> None:
+    """A digest-correct network of 33,000 Sigmoids on a 2**20 input: hours of dry run."""
+    _, metadata = tiny_mlp("tower", seed=8)
+    architecture = [{"type": "Sigmoid", "config": {}}] * 33_000 + [
+        {"type": "Flatten", "config": {}}, {"type": "Softmax", "config": {}}]
+    _signed(path, architecture, {**metadata, "input_shape": [2**20, 1], "labels": ["0"]})
+
+
+def _shared_strings(path: Path) -> None:
+    """One 8 KB string referenced 2**30 times: gigabytes for a loader that expands it."""
+    node: object = "s" * 8192
+    for _ in range(30):
+        node = [node, node]
+    _, metadata = tiny_mlp("shared", seed=9)
+    _signed(path, [], {**metadata, "extra": node}, sha256="0" * 64)
 
 
 # name -> (how to build it in the folder, why the service must not serve it)
@@ -124,6 +167,10 @@ HOSTILE: dict[str, tuple[Callable[[Path], None], str]] = {
         "a newline in the model name (log forging)",
     ),
     "zz-duplicate.joblib": (lambda p: _save_valid(p, "mlp"), "a second model named mlp"),
+    "format1.joblib": (_format1, "format 1: numpy objects in the pickle, to convert"),
+    "code-in-metadata.joblib": (_code_in_metadata, "os.mkdir deep inside the metadata"),
+    "sigmoid-tower.joblib": (_sigmoid_tower, "a tiny file whose dry forward takes hours"),
+    "shared-strings.joblib": (_shared_strings, "10 KB that a naive walk expands to 8 TB"),
 }
 
 
@@ -167,7 +214,7 @@ def test_one_hostile_artifact_is_skipped_and_the_rest_served(tmp_path, filename)
     # The reason follows the file name: "skipping <file>: <reason>".
     assert all(len(m.split(filename, 1)[1].strip(" :")) > 5 for m in skipped), skipped
     # Nothing the file said ran, and no line of the log was forged through it.
-    assert not (tmp_path / "pwned-joblib").exists() and not (tmp_path / "pwned-pickle").exists()
+    assert not any((tmp_path / f"pwned-{kind}").exists() for kind in ("joblib", "pickle", "meta"))
     assert not any("\n" in m for m in messages), messages
 
 
@@ -187,7 +234,7 @@ def test_real_server_with_every_hostile_artifact_at_once(tmp_path):
         log = server.log()
     for filename in HOSTILE:
         assert f"skipping {filename}" in log, f"{filename} not reported in:\n{log}"
-    assert not (tmp_path / "pwned-joblib").exists() and not (tmp_path / "pwned-pickle").exists()
+    assert not any((tmp_path / f"pwned-{kind}").exists() for kind in ("joblib", "pickle", "meta"))
     # The forged line must stay inside the error line that quotes it.
     assert not any(line.startswith("2026-01-01 INFO forged") for line in log.splitlines())
 
