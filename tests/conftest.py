@@ -62,9 +62,9 @@ def client(make_client) -> TestClient:
 
 @pytest.fixture(scope="session")
 def shipped_dir() -> Path:
-    """The shipped model folder, which must hold both digit models."""
+    """The shipped model folder, which must hold the two digit models and the wine model."""
     folder = default_model_dir()
-    for name in ("digits-mlp", "digits-cnn"):
+    for name in ("digits-mlp", "digits-cnn", "wine-mlp"):
         assert (folder / f"{name}.joblib").is_file(), f"{name}.joblib is not in {folder}"
     return folder
 

@@ -64,6 +64,8 @@ ZERO_PIXELS = """
     0  0  6 13 10  0  0  0
 """
 ZERO = [float(pixel) for pixel in ZERO_PIXELS.split()]
+# scikit-learn's first wine (load_wine().data[0], class_0), raw measurements.
+WINE_0 = [14.23, 1.71, 2.43, 15.6, 127.0, 2.8, 3.06, 0.28, 2.29, 5.64, 1.04, 3.92, 1065.0]
 
 
 # ------------------------------------------------------------------------------ the replay
@@ -337,12 +339,18 @@ def test_the_replayed_container_is_healthy_and_predicts(container):
         served = {m if isinstance(m, str) else m["name"] for m in models["models"]}
         shipped = {p.stem for p in (ROOT / "models").glob("*.joblib")}
         assert shipped <= served, f"shipped {shipped}, served {served}"
+        # A real sample of each model's dataset and its true label: the digits' first zero,
+        # and the first of scikit-learn's wines.
+        samples = {"digits-mlp": (ZERO, "0"), "digits-cnn": (ZERO, "0"),
+                   "wine-mlp": (WINE_0, "class_0")}
+        assert shipped == set(samples), "a new shipped model needs a sample here"
         for model in sorted(shipped):
-            response = client.post("/predict", json={"inputs": [ZERO], "model": model})
+            sample, label = samples[model]
+            response = client.post("/predict", json={"inputs": [sample], "model": model})
             assert response.status_code == 200, response.text
             (prediction,) = response.json()["predictions"]
-            # The trained networks, not stand-ins: the zero is read as a zero.
-            assert prediction["label"] == "0", (model, prediction)
+            # The trained networks, not stand-ins: the sample is read as its class.
+            assert prediction["label"] == label, (model, prediction)
             assert abs(sum(prediction["probabilities"]) - 1) < 1e-4
         assert client.get("/metrics").status_code == 200
     assert process.poll() is None
