@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from anyio import to_thread
 from fastapi import FastAPI
 
 from app import log, metrics
@@ -63,15 +65,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict]:
     settings: Settings = app.state.settings
     dataplane: DataPlane = app.state.dataplane
     log.configure(settings.log_level, settings.log_format)
+    dataplane.draining = False  # a lifespan may start again after an earlier shutdown
+    # Watched before the models load: a SIGTERM during start-up stops the loading.
+    replaced = watch_termination(dataplane, settings.drain_delay)
     if app.state.load_models:
         folder = settings.model_dir or default_model_dir()
-        dataplane.registry = Registry.from_dir(folder, default=settings.default_model)
+        # In a worker thread, so the event loop (and the signal hand-over) stays free.
+        dataplane.registry = await to_thread.run_sync(functools.partial(
+            Registry.from_dir, folder, default=settings.default_model,
+            stop=lambda: dataplane.draining))
     registry = dataplane.registry
-    dataplane.draining = False  # a lifespan may start again after an earlier shutdown
     metrics.MODELS_LOADED.set(len(registry))
     logger.info("serving %d model(s): %s; default %s", len(registry),
                 ", ".join(registry.names()) or "none", registry.default)
-    replaced = watch_termination(dataplane, settings.drain_delay)
     try:
         yield {READ_TIMEOUT_STATE: settings.read_timeout}
     finally:

@@ -6,7 +6,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -106,8 +106,14 @@ class Registry:
         return next(iter(self._models), None)
 
     @classmethod
-    def from_dir(cls, path: str | Path, default: str | None = None) -> Registry:
-        """Load every ``*.joblib`` of ``path``; log and skip the files that do not load."""
+    def from_dir(cls, path: str | Path, default: str | None = None,
+                 stop: Callable[[], bool] = lambda: False) -> Registry:
+        """Load every ``*.joblib`` of ``path``; log and skip the files that do not load.
+
+        ``stop()`` is asked before each file: once it is true (SIGTERM during start-up) the
+        rest is left unloaded. One load is bounded by nnlib.Limits (well under a second),
+        so the wait for a stop is too.
+        """
         folder = Path(path)
         models: list[ServedModel] = []
         try:
@@ -124,6 +130,10 @@ class Registry:
                          exc.strerror or exc)
             return cls(default=default)
         for file in (folder / name for name in names):
+            if stop():
+                logger.warning("stopping: %d model file(s) left unloaded",
+                               len(names) - names.index(file.name))
+                break
             try:
                 model = ServedModel.from_artifact(nnlib.load(file))
             except ValueError as exc:  # one bad file must not stop the others from serving
