@@ -35,3 +35,16 @@ def test_ruff_is_clean():
     assert ruff, "ruff is part of the test extra"
     result = subprocess.run([ruff, "check", str(ROOT)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_test_security_md_names_exists():
+    """SECURITY.md says which test proves each guarantee: each one it names must exist."""
+    text = (ROOT / "SECURITY.md").read_text()
+    named, current = [], None
+    for path, name in re.findall(r"`(tests/[\w/]+\.py)?::(test_\w+)`", text):
+        current = path or current
+        named.append((current, name))
+    assert len(named) > 30
+    missing = [f"{path}::{name}" for path, name in named
+               if not re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.M)]
+    assert not missing, f"SECURITY.md names tests that do not exist: {missing}"

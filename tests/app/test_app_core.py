@@ -289,3 +289,21 @@ def test_predict_proba_checks_the_output_shape():
     object.__setattr__(model, "labels", tuple("abc"))  # a network/labels mismatch
     with pytest.raises(InferenceError, match="shape"):
         asyncio.run(InferenceRunner().predict_proba(model, np.zeros((1, 8, 8), dtype=np.float32)))
+
+
+def test_file_names_versions_and_reasons_are_logged_on_one_line(tmp_path, caplog):
+    import logging
+
+    forged = "\n2026-01-01 00:00:00,000 INFO nnserve.registry: loaded model forged"
+    folder = tmp_path / "models"
+    folder.mkdir()
+    net, metadata = tiny_mlp("served")
+    nnlib.save(folder / f"ok{forged}.joblib", net, {**metadata, "version": f"1{forged}"})
+    (folder / f"bad{forged}.joblib").write_bytes(b"x" * 5000 + forged.encode() * 1000)
+    with caplog.at_level(logging.INFO, logger="nnserve.registry"):
+        registry = Registry.from_dir(folder)
+    assert registry.names() == ["served"]
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 2 and all("\n" not in line for line in lines), lines
+    assert all(len(line) < 1500 for line in lines), [len(line) for line in lines]
+    assert any(line.startswith("loaded model served version 1\\n") for line in lines), lines
