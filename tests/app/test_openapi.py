@@ -2,27 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from app.api.native import DIGIT_ZERO, DIGIT_ZERO_FLAT
 from app.registry import Registry
-
-ZERO_CNN = DIGIT_ZERO
-ZERO_MLP = DIGIT_ZERO_FLAT
-
-
-def post_raw(client, path: str, body: bytes | str, **headers):
-    headers.setdefault("content-type", "application/json")
-    return client.post(path, content=body, headers=headers)
-
-
-def local_probabilities(model, samples) -> np.ndarray:
-    batch = np.asarray(samples, dtype=np.float32).reshape((-1, *model.input_shape))
-    out = model.network.predict(batch)
-    return np.exp(out) if model.output == "log_softmax" else out
-
-
-
+from tests.helpers.http import ZERO_MLP
 
 # --- OpenAPI ---------------------------------------------------------------------------
 
