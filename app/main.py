@@ -12,6 +12,12 @@ from importlib import metadata
 
 from fastapi import Depends, FastAPI, params
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
+from fastapi.responses import HTMLResponse
 
 from app.api import health, native, security, v2
 from app.api.errors import install_handlers
@@ -39,6 +45,30 @@ def _document(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi
+
+
+def _add_docs(app: FastAPI) -> None:
+    """Serve Swagger UI at /docs and ReDoc at /redoc, as FastAPI's own pages would.
+
+    FastAPI's documented way to place its pages ("Custom Docs UI"), used here for where
+    they stand in the route table: last.
+    """
+    title = app.title
+
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{title} - Swagger UI",
+                                   oauth2_redirect_url=app.swagger_ui_oauth2_redirect_url)
+
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url=app.openapi_url, title=f"{title} - ReDoc")
+
+    app.add_api_route("/docs", swagger_ui, include_in_schema=False)
+    app.add_api_route(app.swagger_ui_oauth2_redirect_url, swagger_ui_redirect,
+                      include_in_schema=False)
+    app.add_api_route("/redoc", redoc, include_in_schema=False)
 
 
 def _version() -> str:
@@ -69,6 +99,10 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
         # A redirect would name the Host header the client sent (any host it likes).
         redirect_slashes=False,
         dependencies=list(dependencies),
+        # The documentation pages are added after the API routes (_add_docs): the router
+        # tries routes in order, and a predict request should not first try four pages.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.api_key = settings.api_key.encode() if settings.api_key else None
@@ -82,6 +116,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     native.add_routes(app, guards)
     v2.add_routes(app, guards)
     health.add_routes(app)
+    _add_docs(app)
     install_handlers(app)
     _document(app)
 
@@ -96,8 +131,8 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
                            "Inference-Header-Content-Length"],
             expose_headers=["X-Request-ID"],
         )
-    plain_routes = frozenset(filter(None, (app.openapi_url, app.docs_url, app.redoc_url,
-                                           app.swagger_ui_oauth2_redirect_url)))
+    # The OpenAPI document is a plain Starlette route, without a route template.
+    plain_routes = frozenset(filter(None, (app.openapi_url,)))
     app.add_middleware(RequestMiddleware, max_body_bytes=settings.max_body_bytes,
                        plain_routes=plain_routes)
     return app
