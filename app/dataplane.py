@@ -51,12 +51,6 @@ class DataPlane:
             return "no model is loaded"
         return None
 
-    def check_ready(self) -> None:
-        """Raise :class:`NotReadyError` unless the server takes inference now."""
-        reason = self.not_ready_reason()
-        if reason is not None:
-            raise NotReadyError(reason)
-
     # -- models ------------------------------------------------------------------------
 
     def model(self, name: str | None = None, version: str | None = None) -> ServedModel:
@@ -84,11 +78,11 @@ class DataPlane:
 
     # -- inference ---------------------------------------------------------------------
 
-    def check_batch_size(self, model: ServedModel, n: int) -> None:
+    def check_batch_size(self, n: int) -> None:
         """Refuse a batch of ``n`` samples before its data is decoded."""
         if n > self.max_batch:
             raise InvalidInputError(f"the batch has {n} samples; at most {self.max_batch} are "
-                               "accepted (NNSERVE_MAX_BATCH)")
+                                    "accepted (NNSERVE_MAX_BATCH)")
 
     async def decode(self, body: bytes, decoder: Callable[..., Decoded], *args) -> Decoded:
         """Return ``decoder(body, *args)``: a protocol's parse of a request body.

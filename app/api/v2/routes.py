@@ -75,7 +75,7 @@ def check_input(name: str, shape: Sequence[int], model: ServedModel,
             f"input {codec.INPUT_NAME!r} has shape {list(shape)}; model {model.name!r} takes "
             + " or ".join(map(str, forms)) + " (-1 is the batch size)")
     try:
-        dataplane.check_batch_size(model, shape[0])
+        dataplane.check_batch_size(shape[0])
     except errors.InvalidInputError as exc:
         raise errors.InvalidInputError(f"input {codec.INPUT_NAME!r}: {exc}") from None
 
