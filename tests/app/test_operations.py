@@ -141,10 +141,11 @@ def test_metrics_count_requests_and_inferences(client):
 
 def test_metrics_use_route_templates_not_raw_paths(client):
     client.get("/models/cnn")
-    client.get("/no/such/path/12345")
+    client.get("/no/such/path/raw-path-marker")
     text = client.get("/metrics").text
-    assert 'route="/models/{name}"' in text
-    assert "12345" not in text
+    assert 'route="/models/{name}"' in text and 'route="unmatched"' in text
+    # A label, never a raw path (a number here could also be part of a sample's value).
+    assert "raw-path-marker" not in text and 'route="/models/cnn"' not in text
 
 
 # --- request id and access log ---------------------------------------------------------------
