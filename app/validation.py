@@ -34,12 +34,9 @@ def check_batch(array: np.ndarray, model: ServedModel, max_batch: int) -> np.nda
     """Check a numeric batch against the model and return it as C-contiguous float32.
 
     ``array`` has shape ``(n, *input_shape)`` or ``(n, prod(input_shape))``. Values must be
-    finite and within float32's range (a larger one would become infinity).
+    finite and round to a finite float32 (a larger one would become infinity).
     """
     array = np.asarray(array)
-    if array.dtype == np.float16:
-        # Exact in float32; the float32 range check below would overflow in float16.
-        array = array.astype(np.float32)
     if array.ndim == 0:
         raise InvalidInputError("inputs must be a list of samples, not a single number")
     check_batch_size(len(array), max_batch)
@@ -48,18 +45,25 @@ def check_batch(array: np.ndarray, model: ServedModel, max_batch: int) -> np.nda
     sample_shape = array.shape[1:]
     if sample_shape != model.input_shape and sample_shape != (model.input_size,):
         raise InvalidInputError(_shape_message(0, sample_shape, model))
-    # Integers always fit float32's range; a float is checked before the cast, so nothing
-    # overflows silently. NaN fails every comparison, so one test catches NaN, infinity and
-    # values beyond float32.
-    if array.dtype.kind == "f" and not (np.abs(array) <= FLOAT32_MAX).all():
+    if array.dtype.kind == "f" and array.dtype.itemsize > 4:
+        # A float beyond float32's range becomes infinity in the cast: the finite test
+        # below then refuses it with NaN and infinity, in one pass over the batch.
+        with np.errstate(over="ignore"):
+            batch = np.ascontiguousarray(array, dtype=np.float32)
+    else:
+        # Integers always fit float32's range; float16 and float32 convert exactly.
+        batch = np.ascontiguousarray(array, dtype=np.float32)
+    if array.dtype.kind == "f" and not np.isfinite(batch).all():
         _refuse_values(array)
-    batch = np.ascontiguousarray(array, dtype=np.float32)
     return batch.reshape((len(batch), *model.input_shape))
 
 
 def _refuse_values(array: np.ndarray) -> None:
     """Raise the InvalidInputError for the first sample holding NaN, infinity or a huge value."""
-    flat = array.reshape(len(array), -1)
+    # In float64, which holds every float exactly (float16 cannot even hold the bound);
+    # a signalling NaN raises numpy's "invalid value" warning in that cast.
+    with np.errstate(invalid="ignore"):
+        flat = np.asarray(array, dtype=np.float64).reshape(len(array), -1)
     finite = np.isfinite(flat).all(axis=1)
     in_range = (np.abs(np.where(np.isfinite(flat), flat, 0)) <= FLOAT32_MAX).all(axis=1)
     bad = ~(finite & in_range)

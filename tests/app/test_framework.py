@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 import pytest
-from fastapi import Depends, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 import nnlib
+from app.api.native import NativeRoute
+from app.api.routing import takes_only_request
 from app.config import Settings
 from app.errors import InferenceError
 from app.registry import Registry, ServedModel
@@ -120,3 +126,61 @@ def test_batch_values_are_checked_once_by_the_dataplane(client, monkeypatch):
     assert native.status_code == 422 and "float32 range" in native.json()["detail"]
     assert v2.status_code == 400 and "float32 range" in v2.json()["error"]
     assert np.float32(3.4e38) < np.finfo(np.float32).max
+
+
+# --- routes that need nothing resolved ------------------------------------------------------
+
+
+def _route(path, endpoint, **options) -> APIRoute:
+    return APIRoute(path, endpoint, methods=["POST"], **options)
+
+
+async def _plain(request: Request, name: str) -> Response:
+    return Response(name)
+
+
+async def _pattern(request: Request, name: Annotated[str, Path(pattern="^a")]) -> Response:
+    return Response(name)
+
+
+async def _query(request: Request, top: int) -> Response:
+    return Response(str(top))
+
+
+async def _returns_dict(request: Request) -> dict:
+    return {}
+
+
+def _sync(request: Request) -> Response:
+    return Response()
+
+
+@pytest.mark.parametrize(("endpoint", "options", "expected"), [
+    (_plain, {}, True),
+    (_plain, {"dependencies": [Depends(deny)]}, False),
+    (_pattern, {}, False),  # FastAPI validates the pattern
+    (_query, {}, False),  # and converts query values
+    (_returns_dict, {}, False),  # and serialises what is not a Response
+    (_sync, {}, False),  # and runs plain functions in a thread
+])
+def test_only_endpoints_that_need_nothing_resolved_skip_fastapis_handler(
+        endpoint, options, expected):
+    assert takes_only_request(_route("/x/{name}", endpoint, **options).dependant) is expected
+
+
+@pytest.mark.parametrize("api_key", [None, "secret"])
+def test_the_inference_routes_need_nothing_resolved_unless_guarded(make_client, api_key):
+    client = make_client(**({"api_key": api_key} if api_key else {}))
+    routes = {route.path: route for route in client.app.routes if isinstance(route, APIRoute)}
+    for path in ("/predict", "/models/{name}/predict", "/v2/models/{name}/infer"):
+        # With an API key, FastAPI solves the key's dependency on every request.
+        assert takes_only_request(routes[path].dependant) is (api_key is None), path
+
+
+def test_a_constrained_path_parameter_is_still_validated_by_fastapi():
+    app = FastAPI()
+    app.router.add_api_route("/x/{name}", _pattern, methods=["POST"],
+                             route_class_override=NativeRoute)
+    with TestClient(app) as client:
+        assert client.post("/x/abc").text == "abc"
+        assert client.post("/x/bcd").status_code == 422

@@ -8,6 +8,7 @@ is 400, whatever part of it is wrong.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 from typing import Any
 
@@ -191,6 +192,8 @@ def _unversioned(endpoint):
 
     unversioned.__name__ = endpoint.__name__
     unversioned.__doc__ = endpoint.__doc__
+    # What the endpoint returns, so that FastAPI (and ProtocolRoute) treat both alike.
+    unversioned.__annotations__["return"] = typing.get_type_hints(endpoint).get("return")
     return unversioned
 
 
