@@ -19,6 +19,7 @@ from fastapi.openapi.docs import (
 )
 from fastapi.responses import HTMLResponse
 
+from app import ui
 from app.api import explain, health, native, security, v2
 from app.api.errors import install_handlers
 from app.config import Settings
@@ -117,6 +118,8 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     v2.add_routes(app, guards)
     explain.add_routes(app, guards)
     health.add_routes(app)
+    if settings.ui:  # the demo page, after every API route
+        ui.add_routes(app)
     _add_docs(app)
     install_handlers(app)
     _document(app)
