@@ -135,4 +135,7 @@ def test_page_script_calls_only_this_server_s_apis():
     assert urls <= {"/ui/settings", "/models", "/models/", "/ui/digits.json", "/predict",
                     "/explain"}, urls
     assert "http://" not in script and "https://" not in script
-    assert "eval(" not in script and "innerHTML" not in script
+    # Metadata and answers go in as text, never as markup or code.
+    for sink in ("eval(", "innerHTML", "outerHTML", "insertAdjacentHTML", "document.write",
+                 "new Function", "setAttribute(\"on"):
+        assert sink not in script, sink

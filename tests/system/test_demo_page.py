@@ -153,6 +153,7 @@ def test_a_drawn_digit_gets_predict_s_label_and_a_heat_map(browser, page_server,
     curl = browser.find_element(By.ID, "curl").text
     assert f"/models/{model}/predict" in curl and json.dumps({"inputs": [grid]},
                                                               separators=(",", ":")) in curl
+    assert f"/models/{model}/explain" in curl
     screenshot(browser, tmp_path, f"demo-drawn-{model}")
     assert console_errors(browser) == []
 
@@ -166,6 +167,13 @@ def test_an_example_digit_is_sent_as_scikit_learn_has_it(browser, page_server, d
     np.testing.assert_array_equal(grid, digits[0][8].ravel())
     shown = browser.find_element(By.ID, "top-label").text
     assert shown == predict_label(page_server.url, "digits-cnn", grid) == str(digits[1][8])
+    # Clear empties the pad and the grid: nothing is sent until something is drawn.
+    browser.find_element(By.ID, "clear").click()
+    browser.find_element(By.ID, "predict-drawing").click()
+    error = browser.find_element(By.ID, "error")
+    assert error.is_displayed() and "draw a digit first" in error.text
+    assert browser.find_element(By.ID, "sent").get_attribute("data-grid") == json.dumps(
+        grid, separators=(",", ":"))  # the last request's, unchanged
     assert console_errors(browser) == []
 
 

@@ -101,7 +101,11 @@ function renderCards(defaultName) {
     card.append(button);
     cards.append(card);
   }
-  if (state.models.length) select(defaultName || state.models[0].name);
+  if (state.models.length) {
+    select(defaultName || state.models[0].name);
+  } else {
+    cards.append(element("p", "No model is loaded: see the server's log.", "hint"));
+  }
 }
 
 function select(name) {
@@ -351,14 +355,15 @@ async function run(sample) {
   sent.dataset.model = model.name;
   sent.dataset.grid = JSON.stringify(sample);
   sent.dataset.status = "pending";
-  $("curl").textContent = curlFor("/models/" + model.name + "/predict", body);
+  const explainBody = { inputs: [sample], method: "integrated_gradients" };
+  $("curl").textContent = curlFor("/models/" + model.name + "/predict", body) + "\n\n" +
+    curlFor("/models/" + model.name + "/explain", explainBody);
   $("error").hidden = true;
   try {
     const answer = await postJSON("/models/" + model.name + "/predict", body);
     if (request !== state.request) return;
     renderPrediction(answer);
-    const explanation = await postJSON("/models/" + model.name + "/explain",
-      { inputs: [sample], method: "integrated_gradients" });
+    const explanation = await postJSON("/models/" + model.name + "/explain", explainBody);
     if (request !== state.request) return;
     renderAttributions(explanation.explanations[0], sample);
     sent.dataset.status = "done";
