@@ -90,6 +90,15 @@ def test_explain_uses_the_default_model_and_a_baseline(shipped_client):
 CNN = "/models/digits-cnn/explain"
 
 
+def test_a_flat_baseline_is_the_nested_one(shipped_client):
+    nested = [[row * 2 for row in range(8)] for _ in range(8)]
+    flat = [value for row in nested for value in row]
+    answers = [shipped_client.post(CNN, json={"inputs": [ZERO_CNN], "baseline": baseline,
+                                              "steps": 16}).json()
+               for baseline in (nested, flat)]
+    assert answers[0] == answers[1] and "explanations" in answers[0]
+
+
 @pytest.mark.parametrize(("path", "body", "status", "words"), [
     # what predict refuses, refused the same way
     (CNN, '{"inputs": [', 400, "not valid JSON"),
@@ -198,3 +207,52 @@ def test_openapi_documents_the_explain_routes(shipped_client):
         assert "target" in operation["requestBody"]["content"]["application/json"]["schema"][
             "properties"]
         assert {"401", "404", "422"} <= set(operation["responses"])
+
+
+# --- any JSON value in the explain fields: 200 or 4xx, never 5xx ----------------------------
+
+
+@pytest.fixture(scope="module")
+def module_client(shipped_dir):
+    import warnings
+
+    from app.config import Settings
+    from app.main import create_app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    with TestClient(create_app(Settings(model_dir=str(shipped_dir), explain_max_work=512)),
+                    raise_server_exceptions=False) as client:
+        yield client
+
+
+def test_any_json_in_the_explain_fields_is_answered_or_refused(module_client):
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from tests.app.test_properties import LIGHT, json_values
+
+    numbers = st.floats(-1e6, 1e6, allow_nan=False) | st.integers(-20, 20)
+    field_values = {
+        "target": json_values | st.integers(-3, 12) | st.sampled_from(["0", "9", "x"]),
+        "method": json_values | st.sampled_from(["gradient", "integrated_gradients"]),
+        "steps": json_values | st.integers(-2, 1100),
+        "baseline": json_values | st.lists(numbers, min_size=64, max_size=64)
+        | st.lists(numbers, max_size=70),
+    }
+
+    @LIGHT
+    @given(st.fixed_dictionaries({}, optional=field_values))
+    def check(fields):
+        response = module_client.post(CNN, json={"inputs": [ZERO_CNN], **fields})
+        assert response.status_code in (200, 422), (fields, response.text)
+        body = response.json()
+        if response.status_code == 422:
+            assert body["detail"]
+            return
+        for item in body["explanations"]:
+            assert np.isfinite(item["attributions"]).all()
+            assert sum(item["probabilities"]) == pytest.approx(1, abs=1e-4)
+
+    check()
