@@ -43,7 +43,12 @@ def browser():
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
                      "--disable-dev-shm-usage", "--window-size=1280,1500",
                      "--disable-extensions", "--no-first-run", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync"):
+                     "--disable-component-update", "--disable-sync",
+                     # Nothing but the server on loopback: no update, report or hint fetch.
+                     "--disable-domain-reliability", "--disable-breakpad",
+                     "--disable-client-side-phishing-detection", "--no-default-browser-check",
+                     "--disable-features=Translate,OptimizationHints,MediaRouter,"
+                     "AutofillServerCommunication", "--no-pings"):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
