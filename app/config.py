@@ -63,6 +63,13 @@ class Settings(BaseSettings):
         description="Adaptive batching: longest wait, in milliseconds, for other requests to "
         "merge with (0: off).",
     )
+    explain_max_work: int = Field(
+        16384,
+        ge=1,
+        description="Most gradient evaluations in one explanation: samples for "
+        '"gradient", samples x steps for "integrated_gradients" (422 above it).',
+    )
+    ui: bool = Field(True, description="Serve the demo page at GET / (false: 404).")
     drain_delay: float = Field(
         0.0,
         ge=0,

@@ -14,9 +14,11 @@ from typing import TypeVar
 import numpy as np
 from anyio import to_thread
 
+from app import explaining
 from app.config import Settings
 from app.errors import InvalidInputError, ModelNotFoundError, NotReadyError
 from app.inference import InferenceRunner
+from app.log import REQUEST_INFO
 from app.registry import Registry, ServedModel
 from app.validation import check_batch
 
@@ -104,6 +106,27 @@ class DataPlane:
         protocol refuses the same inputs with the same words.
         """
         return await self.runner.predict_proba(model, check_batch(batch, model, self.max_batch))
+
+    async def explain(self, model: ServedModel, batch: np.ndarray, *, method: str,
+                      target: int | str | None = None, steps: int | None = None,
+                      baseline: np.ndarray | None = None) -> explaining.Explanation:
+        """Return the attributions of ``target`` (a label, an index, None: each sample's best).
+
+        The batch is checked as :meth:`infer` checks it, then the request
+        (:func:`app.explaining.check_request`: method, steps, baseline, at most
+        ``NNSERVE_EXPLAIN_MAX_WORK`` gradient evaluations); large work runs in a worker thread.
+        """
+        batch = check_batch(batch, model, self.max_batch)
+        index = explaining.target_index(model, target)
+        steps = explaining.check_request(model, len(batch), method, steps, baseline,
+                                         self.settings.explain_max_work)
+        info = REQUEST_INFO.get()
+        if info is not None:
+            info["model"], info["batch"] = model.name, len(batch)
+        if explaining.elements(model, len(batch), steps) > explaining.INLINE_MAX_ELEMENTS:
+            return await to_thread.run_sync(explaining.explain, model, batch, method, index,
+                                            steps, baseline)
+        return explaining.explain(model, batch, method, index, steps, baseline)
 
     def close(self) -> None:
         """Stop taking traffic and run every request still waiting for its group."""

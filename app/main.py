@@ -19,7 +19,8 @@ from fastapi.openapi.docs import (
 )
 from fastapi.responses import HTMLResponse
 
-from app.api import health, native, security, v2
+from app import ui
+from app.api import explain, health, native, security, v2
 from app.api.errors import install_handlers
 from app.config import Settings
 from app.dataplane import DataPlane
@@ -115,7 +116,10 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     # Most of the traffic first: the router tries routes in the order they were added.
     native.add_routes(app, guards)
     v2.add_routes(app, guards)
+    explain.add_routes(app, guards)
     health.add_routes(app)
+    if settings.ui:  # the demo page, after every API route
+        ui.add_routes(app)
     _add_docs(app)
     install_handlers(app)
     _document(app)

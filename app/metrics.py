@@ -65,6 +65,23 @@ INFERENCE_BATCH = Histogram(
     ["model"],
     buckets=BATCH_BUCKETS,
 )
+EXPLANATIONS = Counter(
+    "nnserve_explanations_total",
+    "Explanation requests answered, by model and method (samples: "
+    "nnserve_explanation_samples_total).",
+    ["model", "method"],
+)
+EXPLANATION_SAMPLES = Counter(
+    "nnserve_explanation_samples_total",
+    "Samples explained, by model and method.",
+    ["model", "method"],
+)
+EXPLANATION_LATENCY = Histogram(
+    "nnserve_explanation_duration_seconds",
+    "Time spent computing an explanation (forward and backward passes), by model.",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
 # Every worker loads the same folder, so the largest value is the server's.
 MODELS_LOADED = Gauge(
     "nnserve_models_loaded",

@@ -11,6 +11,7 @@ from .activation import (
     TanH,
 )
 from .conv import Conv1D, Flatten, MaxPool1D
+from .explain import input_gradient, integrated_gradients, probability_gradient
 from .io import OUTPUT_HEADS, Artifact, load, save, validate
 from .limits import DEFAULT_LIMITS, ArtifactError, Limits
 from .linear import Linear, Scale
@@ -57,8 +58,11 @@ __all__ = [
     "accuracy",
     "evaluate",
     "fit",
+    "input_gradient",
+    "integrated_gradients",
     "load",
     "one_hot",
+    "probability_gradient",
     "save",
     "validate",
 ]

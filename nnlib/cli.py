@@ -584,6 +584,10 @@ def run_train(args: argparse.Namespace, argv: list[str]) -> int:
         "labels": data.labels,
         "output": _head_name(net),
         **({"features": data.features} if data.features else {}),
+        # One real input, raw, for clients to start from (the demo page's form): the first
+        # held-out sample, else the first training one; rounded to the data's 6 digits.
+        "example": np.round((X[train_index] if X_val is None else X_val)[0].astype(
+            np.float64), 6).tolist(),
         "dataset": {**data.source, "split": split},
         "metrics": metrics,
         "training": {

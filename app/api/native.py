@@ -236,7 +236,9 @@ def _is_json(content_type: str | None) -> bool:
                                            and media.endswith("+json"))
 
 
-def _parse(body: bytes, content_type: str | None) -> PredictRequest:
+def parse_body(body: bytes, content_type: str | None,
+               schema: type[BaseModel] = PredictRequest) -> Any:
+    """Read a JSON body as ``schema`` (a pydantic model), or raise the protocol's refusal."""
     if not _is_json(content_type):
         raise errors.UnsupportedMediaTypeError(
             f"send the body as JSON (Content-Type: application/json), not {content_type!r}")
@@ -252,7 +254,7 @@ def _parse(body: bytes, content_type: str | None) -> PredictRequest:
     if not isinstance(payload, dict):
         raise errors.InvalidInputError("the body must be a JSON object with an 'inputs' list")
     try:
-        return PredictRequest.model_validate(payload)
+        return schema.model_validate(payload)
     except ValidationError as exc:
         raise errors.InvalidInputError(_readable(exc)) from None
 
@@ -282,21 +284,30 @@ def _answer(model: ServedModel, probs: np.ndarray, top_k: int | None) -> Respons
 def _decode(body: bytes, content_type: str | None, path_name: str | None,
             dataplane: DataPlane) -> tuple[ServedModel, np.ndarray, int | None]:
     """Parse and check a predict body: its model, its batch as an array, its top_k."""
-    payload = _parse(body, content_type)
-    if path_name is not None and payload.model is not None and payload.model != path_name:
-        raise errors.InvalidInputError(f"the body names model {payload.model!r} but the path "
-                                       f"names {path_name!r}")
-    model = dataplane.model(path_name or payload.model)
+    payload = parse_body(body, content_type)
+    model = model_of(payload, path_name, dataplane)
     if payload.top_k is not None and payload.top_k > model.n_classes:
         raise errors.InvalidInputError(
             f"top_k must be between 1 and {model.n_classes}, the number of classes of "
             f"{model.name!r}; got {payload.top_k}")
+    return model, batch_of(payload.inputs, body, model, dataplane), payload.top_k
+
+
+def model_of(payload: Any, path_name: str | None, dataplane: DataPlane) -> ServedModel:
+    """Return the model a parsed body (its ``model``) and the path name together choose."""
+    if path_name is not None and payload.model is not None and payload.model != path_name:
+        raise errors.InvalidInputError(f"the body names model {payload.model!r} but the path "
+                                       f"names {path_name!r}")
+    return dataplane.model(path_name or payload.model)
+
+
+def batch_of(inputs: Any, body: bytes, model: ServedModel, dataplane: DataPlane) -> np.ndarray:
+    """Return the decoded JSON ``inputs`` of ``body`` as a numeric batch for ``model``."""
     # JSON booleans are the only bare tokens spelled true/false: without them in the raw
     # bytes, none can hide among the numbers, and numpy may convert the batch directly.
     may_hold_booleans = b"true" in body or b"false" in body
-    batch = batch_from_json(payload.inputs, model, dataplane.max_batch,
-                            may_hold_booleans=may_hold_booleans)
-    return model, batch, payload.top_k
+    return batch_from_json(inputs, model, dataplane.max_batch,
+                           may_hold_booleans=may_hold_booleans)
 
 
 async def _predict(request: Request, path_name: str | None) -> Response:

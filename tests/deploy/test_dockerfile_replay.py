@@ -312,6 +312,9 @@ def test_the_wheel_carries_the_service_and_the_shipped_models(image: Image):
     in_wheel = sorted(Path(n).name for n in names if n.startswith("app/shipped_models/"))
     assert set(shipped) <= set(in_wheel)
     assert "app/__main__.py" in names and "nnlib/__init__.py" in names
+    page = sorted(p.name for p in (ROOT / "app" / "ui" / "static").iterdir())
+    assert page and [n for n in names if n.startswith("app/ui/static/")] == [
+        f"app/ui/static/{name}" for name in page]  # the demo page, without a build step
     assert not [n for n in names if n.startswith("tests/") or "__pycache__" in n]
 
 
@@ -353,6 +356,9 @@ def test_the_replayed_container_is_healthy_and_predicts(container):
             assert prediction["label"] == label, (model, prediction)
             assert abs(sum(prediction["probabilities"]) - 1) < 1e-4
         assert client.get("/metrics").status_code == 200
+        page = client.get("/")  # the demo page, from the installed package data
+        assert page.status_code == 200 and "/ui/app.js" in page.text
+        assert client.get("/ui/app.js").status_code == 200
     assert process.poll() is None
 
 
