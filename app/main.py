@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse
 
 from app.api import health, native, security, v2
 from app.api.errors import install_handlers
+from app.api.v2 import repository as v2_repository
 from app.config import Settings
 from app.dataplane import DataPlane
 from app.lifecycle import lifespan
@@ -106,6 +107,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     )
     app.state.settings = settings
     app.state.api_key = settings.api_key.encode() if settings.api_key else None
+    app.state.admin_key = settings.admin_key.encode() if settings.admin_key else None
     app.state.dataplane = DataPlane(settings, registry)
     app.state.load_models = registry is None
 
@@ -115,6 +117,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     # Most of the traffic first: the router tries routes in the order they were added.
     native.add_routes(app, guards)
     v2.add_routes(app, guards)
+    v2_repository.add_routes(app, guards)
     health.add_routes(app)
     _add_docs(app)
     install_handlers(app)
