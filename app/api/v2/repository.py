@@ -63,9 +63,7 @@ async def repository_index(request: Request) -> Response:
     ready = payload.get("ready", False)
     if not isinstance(ready, bool):
         raise errors.InvalidInputError("'ready' must be true or false")
-    entries = _dataplane(request).repository_index(ready_only=ready)
-    return Response(orjson.dumps([{"name": e.name, "version": e.version, "state": e.state,
-                                   "reason": e.reason} for e in entries]),
+    return Response(orjson.dumps(_dataplane(request).repository_index(ready_only=ready)),
                     media_type="application/json")
 
 
