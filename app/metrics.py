@@ -8,7 +8,6 @@ before the workers start; prometheus-client then keeps every value in files ther
 from __future__ import annotations
 
 import os
-import time
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -92,7 +91,8 @@ ROUTING_REFUSED = Counter(
 # With several workers, the oldest scan among the live ones: the one furthest behind.
 LAST_SCAN = Gauge(
     "nnserve_repository_last_scan_timestamp_seconds",
-    "Unix time of the last completed scan of the model folder.",
+    "Unix time at which the last completed scan of the model folder started: every change "
+    "made before it is served (with several workers, the oldest among them).",
     multiprocess_mode="livemin",
 )
 
@@ -140,9 +140,9 @@ def model_reload(model: str, success: bool, seconds: float) -> None:
         MODEL_LOAD_SECONDS.observe(seconds)
 
 
-def scanned(models: int) -> None:
-    """Record a completed folder scan: its time and the number of models it serves."""
-    LAST_SCAN.set(time.time())
+def scanned(models: int, started: float) -> None:
+    """Record a completed folder scan: when it started and the number of models it serves."""
+    LAST_SCAN.set(started)
     MODELS_LOADED.set(models)
 
 

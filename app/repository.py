@@ -15,6 +15,7 @@ it is reported as UNLOADING until the requests running on it have finished.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -127,6 +128,7 @@ class Snapshot:
     registry: Registry  # every model at its default version, the name-level view
     entries: tuple[IndexEntry, ...] = ()
     routing_error: str | None = None
+    scanned_at: float | None = None  # Unix time the scan that built it started
 
     @classmethod
     def build(cls, models: Iterable[ServedModel], routing: dict[str, ModelRouting] | None = None,
@@ -208,7 +210,6 @@ class Repository:
         self._scan_lock = threading.Lock()
         self.inflight: dict[int, int] = {}
         self.retiring: dict[int, ServedModel] = {}
-        self.last_scan: float | None = None
 
     # -- requests ----------------------------------------------------------------------
 
@@ -306,6 +307,7 @@ class Repository:
         ``retry`` loads again the files that failed even when they have not changed.
         """
         with self._scan_lock:
+            started = time.time()  # what this scan sees is the folder from now on
             self._read_unloaded()
             records: dict[str, _FileRecord] = {}
             for relative in self._list():
@@ -350,8 +352,9 @@ class Repository:
             self._previous_keys = {relative: rec.key for relative, rec in records.items()}
             routing, routing_error = self._routing(models)
             entries.sort(key=lambda e: (e.name, version_key(e.version)))
-            self.last_scan = time.time()
-            return Snapshot.build(models, routing, self.default_model, entries, routing_error)
+            snapshot = Snapshot.build(models, routing, self.default_model, entries,
+                                      routing_error)
+            return dataclasses.replace(snapshot, scanned_at=started)
 
     # -- routing -----------------------------------------------------------------------
 
@@ -415,7 +418,8 @@ class Repository:
         for key, model in before.items():
             if key not in after:
                 self._retire(model)
-        metrics.scanned(len(snapshot.registry))
+        if snapshot.scanned_at is not None:
+            metrics.scanned(len(snapshot.registry), snapshot.scanned_at)
 
     def _retire(self, model: ServedModel) -> None:
         running = self.inflight.get(id(model), 0)
