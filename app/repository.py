@@ -207,6 +207,7 @@ class Repository:
         self._routing_logged: str | None = None
         self._loading: dict[str, str] = {}  # relative path -> guessed name, during a scan
         self._previous_keys: dict[str, tuple] = {}  # each file's key at the last scan
+        self._was_empty = False
         self._scan_lock = threading.Lock()
         self.inflight: dict[int, int] = {}
         self.retiring: dict[int, ServedModel] = {}
@@ -256,13 +257,15 @@ class Repository:
         for entry in top:
             if entry.name.startswith("."):
                 continue  # editors' and copy tools' temporary files
-            if entry.name.endswith(".joblib") and entry.is_file():
+            # Every *.joblib name is tried, whatever it is (a link, a FIFO, a folder):
+            # nnlib.load refuses what is not a regular file and says why.
+            if entry.name.endswith(".joblib"):
                 found.append(entry.name)
             elif entry.is_dir(follow_symlinks=False):
                 try:
                     found += sorted(f"{entry.name}/{inner.name}" for inner in
                                     os.scandir(entry.path) if inner.name.endswith(".joblib")
-                                    and not inner.name.startswith(".") and inner.is_file())
+                                    and not inner.name.startswith("."))
                 except OSError:
                     continue
         if len(found) > MAX_FILES:
@@ -298,7 +301,7 @@ class Repository:
                 metrics.model_reload(label, False, time.perf_counter() - start)
                 keeps = (f"; version {escape(last_good.version)} of {last_good.name} keeps "
                          "serving" if last_good else "")
-                logger.error("refused %s: %s%s", escape(relative), error, keeps)
+                logger.error("skipping %s: %s%s", escape(relative), error, keeps)
         return _FileRecord(key, model, error, model or last_good)
 
     def build(self, retry: bool = True, stop: Callable[[], bool] = lambda: False) -> Snapshot:
@@ -316,9 +319,9 @@ class Repository:
                     break
                 try:
                     info = os.stat(self.folder / relative)
-                except OSError:
-                    continue  # removed while the folder was read
-                key = (info.st_size, info.st_mtime_ns, info.st_ino)
+                    key = (info.st_size, info.st_mtime_ns, info.st_ino)
+                except OSError:  # a dangling link, or removed meanwhile: the load says which
+                    key = (-1, -1, -1)
                 records[relative] = self._load(relative, key, self._files.get(relative), retry)
             self._files = records
             models: list[ServedModel] = []
@@ -333,7 +336,7 @@ class Repository:
                     if record.error is None:
                         entries.append(IndexEntry(model.name, model.version, UNAVAILABLE, reason))
                         if self._previous_keys.get(relative) != record.key:  # once per change
-                            logger.error("refused %s", escape(reason))
+                            logger.error("skipping %s", escape(reason))
                             metrics.model_reload(model.name, False, 0.0)
                     continue
                 if model is None:
@@ -350,6 +353,9 @@ class Repository:
                 entries.append(IndexEntry(model.name, model.version, READY, reason))
                 models.append(model)
             self._previous_keys = {relative: rec.key for relative, rec in records.items()}
+            if not models and not self._was_empty:  # logged once, not at every poll
+                logger.error("no model could be loaded from %s", self.folder)
+            self._was_empty = not models
             routing, routing_error = self._routing(models)
             entries.sort(key=lambda e: (e.name, version_key(e.version)))
             snapshot = Snapshot.build(models, routing, self.default_model, entries,

@@ -234,7 +234,7 @@ def test_a_corrupt_file_keeps_the_version_it_replaces_serving(live, folder, capl
     assert after == before
     row = next(r for r in index(live) if r["version"] == "2")
     assert row["state"] == READY and "mlp/2.joblib" in row["reason"]
-    assert any("refused mlp/2.joblib" in r.getMessage() for r in caplog.records)
+    assert any("skipping mlp/2.joblib" in r.getMessage() for r in caplog.records)
     metrics = live.get("/metrics").text
     assert 'nnserve_model_reloads_total{model="mlp",result="failure"}' in metrics
     path.write_bytes(good)
