@@ -392,7 +392,12 @@ class Repository:
                 except ValueError:
                     continue
         else:
-            self._routing_good = raw
+            # The sections of unloaded models were not checked: their last good ones stay.
+            previous = self._routing_good or {}
+            self._routing_good = {**{name: previous[name] for name in self._unloaded
+                                     if name in previous},
+                                  **{name: section for name, section in raw.items()
+                                     if name not in self._unloaded}}
         if error != self._routing_logged:
             if error:
                 logger.error("%s", error)

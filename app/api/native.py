@@ -400,7 +400,8 @@ async def list_models(request: Request) -> dict[str, Any]:
 async def describe_model(request: Request, name: ModelName) -> dict[str, Any]:
     """Return a model's metadata: shape, labels, head, dataset, metrics, creation date."""
     dataplane = _dataplane(request)
-    model = dataplane.model(name)
+    dataplane.model(name)  # a 404 naming the loaded models when there is none
+    model = dataplane.registry.get(name)  # its default version, not a weighted pick
     return {**model.metadata, **_summary(model, dataplane), "n_classes": model.n_classes,
             "default": model.name == dataplane.default_model}
 
