@@ -19,7 +19,7 @@ from app.config import Settings
 from app.errors import InvalidInputError, ModelNotFoundError
 from app.inference import InferenceRunner
 from app.log import escape
-from app.registry import _NAME, Registry, ServedModel
+from app.registry import MODEL_NAME, Registry, ServedModel
 from app.reload import Reloader
 from app.repository import Repository, Snapshot
 from app.validation import check_batch
@@ -170,7 +170,7 @@ class DataPlane:
 
 def _check_name(name: str) -> None:
     """Refuse a model name no file could give (a path trick, a control character)."""
-    if not _NAME.fullmatch(name):
+    if not MODEL_NAME.fullmatch(name):
         raise InvalidInputError(f"{escape(name, 80)!r} is not a model name: 1-64 letters, "
                                 "digits, '.', '_' or '-', starting with a letter or digit")
 

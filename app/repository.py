@@ -35,7 +35,7 @@ import nnlib
 from app import metrics
 from app.errors import InvalidInputError, ModelNotFoundError, NotReadyError
 from app.log import escape
-from app.registry import _NAME, Registry, ServedModel
+from app.registry import MODEL_NAME, Registry, ServedModel
 
 # The load lines keep the logger of the start-up registry: operators grep one name.
 logger = logging.getLogger("nnserve.registry")
@@ -181,7 +181,7 @@ def _guess_name(relative: str) -> str:
     """A name for a file that did not load (metric label, index row): its folder or stem."""
     parts = relative.split("/")
     guess = parts[0] if len(parts) > 1 else parts[-1].removesuffix(".joblib")
-    return guess if _NAME.fullmatch(guess) else "unknown"
+    return guess if MODEL_NAME.fullmatch(guess) else "unknown"
 
 
 class Repository:
@@ -521,7 +521,7 @@ def _parse_section(name: str, section: dict, loaded: set[str]) -> ModelRouting:
     if not isinstance(aliases, dict):
         raise ValueError(f"[{name}].aliases must be a table alias = \"version\"")
     for alias, target in aliases.items():
-        if not _NAME.fullmatch(alias) or alias in loaded:
+        if not MODEL_NAME.fullmatch(alias) or alias in loaded:
             raise ValueError(f"[{name}].aliases: {escape(alias, 40)!r} must be 1-64 letters, "
                              "digits, '.', '_' or '-' and not a version of the model")
         if not isinstance(target, str) or target not in loaded:

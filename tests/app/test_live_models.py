@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 import random
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -356,6 +356,6 @@ def test_polling_picks_up_a_new_file(make_client, folder):
         seen.add(predict(client))
         if "5" in seen:
             break
-        asyncio.run(asyncio.sleep(0.05))
+        time.sleep(0.05)
     assert "5" in seen
     assert np.isin(list(seen), ["2", "5"]).all()
