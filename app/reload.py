@@ -48,7 +48,7 @@ class Reloader:
         self._previous_hup: object = None
         self._ready_file: Path | None = None
 
-    async def rescan(self, retry: bool = True) -> Snapshot:
+    async def rescan(self, retry: bool = True) -> Snapshot | None:
         """Scan now (after the scan already running, if any) and serve the new snapshot.
 
         The files load in a worker thread; the snapshot is swapped in here, on the event
@@ -61,7 +61,8 @@ class Reloader:
         async with self._lock:
             snapshot = await to_thread.run_sync(
                 self.repository.build, retry, lambda: self.stopping or self.should_stop())
-            self.repository.install(snapshot)
+            if snapshot is not None:  # None: stopped half-way (shutting down)
+                self.repository.install(snapshot)
             return snapshot
 
     def request_rescan(self) -> None:

@@ -304,10 +304,13 @@ class Repository:
                 logger.error("skipping %s: %s%s", escape(relative), error, keeps)
         return _FileRecord(key, model, error, model or last_good)
 
-    def build(self, retry: bool = True, stop: Callable[[], bool] = lambda: False) -> Snapshot:
+    def build(self, retry: bool = True,
+              stop: Callable[[], bool] = lambda: False) -> Snapshot | None:
         """Scan the folder and return the next snapshot (worker thread; not installed).
 
         ``retry`` loads again the files that failed even when they have not changed.
+        ``stop()`` is asked before each file: once it is true (SIGTERM) the scan ends and
+        returns None, so a half-read folder never replaces what serves while draining.
         """
         with self._scan_lock:
             started = time.time()  # what this scan sees is the folder from now on
@@ -315,8 +318,8 @@ class Repository:
             records: dict[str, _FileRecord] = {}
             for relative in self._list():
                 if stop():
-                    logger.warning("stopping: the rest of the model folder is left unread")
-                    break
+                    logger.warning("stopping: the scan of the model folder is abandoned")
+                    return None
                 try:
                     info = os.stat(self.folder / relative)
                     key = (info.st_size, info.st_mtime_ns, info.st_ino)
