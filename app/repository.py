@@ -44,7 +44,7 @@ ROUTING_FILE = "routing.toml"
 MAX_ROUTING_BYTES = 64 * 1024
 # A scan looks at this many artifact files at most: a folder flooded with files must not
 # cost unbounded time and memory at every poll.
-MAX_FILES = 256
+MAX_FILES = 1024
 UNLOADED_FILE = "unloaded.json"
 
 READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNLOADING"
@@ -292,8 +292,11 @@ class Repository:
         finally:
             del self._loading[relative]
         label = model.name if model else (last_good.name if last_good else _guess_name(relative))
-        if error is None:
+        if model is not None:
             metrics.model_reload(label, True, time.perf_counter() - start)
+            logger.info("loaded model %s version %s from %s (input %s, %d classes, %s)",
+                        model.name, escape(model.version), escape(relative),
+                        list(model.input_shape), model.n_classes, model.output)
         else:
             error = escape(error, 300)
             # Logged once per change of the file, not at every poll that retries it.
@@ -316,9 +319,11 @@ class Repository:
             started = time.time()  # what this scan sees is the folder from now on
             self._read_unloaded()
             records: dict[str, _FileRecord] = {}
-            for relative in self._list():
+            listed = self._list()
+            for done, relative in enumerate(listed):
                 if stop():
-                    logger.warning("stopping: the scan of the model folder is abandoned")
+                    logger.warning("stopping: %d model file(s) left unloaded; the scan is "
+                                   "abandoned", len(listed) - done)
                     return None
                 try:
                     info = os.stat(self.folder / relative)
@@ -421,13 +426,9 @@ class Repository:
         self.snapshot = snapshot  # the one assignment every request reads
         for key, model in after.items():
             old = before.get(key)
-            if old is model:
-                continue
-            verb = "loaded" if old is None else "replaced"
-            logger.info("%s model %s version %s (input %s, %d classes, %s)", verb, model.name,
-                        escape(model.version), list(model.input_shape), model.n_classes,
-                        model.output)
-            if old is not None:
+            if old is not None and old is not model:
+                logger.info("replaced model %s version %s with its new load", model.name,
+                            escape(model.version))
                 self._retire(old)
         for key, model in before.items():
             if key not in after:
