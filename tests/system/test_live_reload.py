@@ -235,6 +235,10 @@ def test_sighup_alone_reloads_every_worker(tmp_path, workers):
     save_version(folder / "mlp.joblib", "1")
     env = server_env(model_dir=folder, poll_interval="0")
     with run_server(tmp_path, "--workers", str(workers), env=env) as server:
+        deadline = time.monotonic() + 60
+        while server.log().count("Application startup complete") < workers:  # all scanned
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.05)
         save_version(folder / "mlp" / "2.joblib", "2")
         time.sleep(1.0)  # no poll: nothing may change by itself
         assert httpx.get(server.url + "/models/mlp", timeout=30).json()["version"] == "1"
