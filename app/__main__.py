@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import logging
 import os
 import signal
 import sys
 import tempfile
+from pathlib import Path
 
 import uvicorn
 from pydantic import ValidationError
+from uvicorn.supervisors import Multiprocess
 
 from app.config import Settings
 from app.log import logging_config
 from app.protocol import GuardedHttpToolsProtocol
+
+logger = logging.getLogger("nnserve")
 
 # Flags and the settings they set; anything else comes from NNSERVE_* variables.
 FLAGS = {
@@ -85,13 +91,47 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(settings, name)
         if value is not None:
             os.environ["NNSERVE_" + name.upper()] = str(value)
-    with tempfile.TemporaryDirectory(prefix="nnserve-metrics-") as metrics_dir:
+    with (tempfile.TemporaryDirectory(prefix="nnserve-metrics-") as metrics_dir,
+          tempfile.TemporaryDirectory(prefix="nnserve-state-") as state_dir):
         # prometheus-client's multiprocess mode: every worker writes its values here and
         # /metrics on any worker adds them up. Set before a worker imports prometheus_client.
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
-        uvicorn.run("app.main:create_app", factory=True, workers=settings.workers,
-                    **_uvicorn_options(settings))
+        # The workers share the repository API's unload list here (see app.reload).
+        os.environ["NNSERVE_STATE_DIR"] = state_dir
+        # What uvicorn.run does for workers > 1, with the supervisor that forwards SIGHUP.
+        config = uvicorn.Config("app.main:create_app", factory=True, workers=settings.workers,
+                                **_uvicorn_options(settings))
+        with contextlib.suppress(KeyboardInterrupt):
+            ForwardingSupervisor(config, [config.bind_socket()], Path(state_dir)).run()
     return 0
+
+
+class ForwardingSupervisor(Multiprocess):
+    """uvicorn's worker supervisor, with SIGHUP forwarded to the workers as a rescan.
+
+    uvicorn's own answer to SIGHUP is to restart every worker, which closes the keep-alive
+    connections of its clients (a request sent on one as it closes fails) and reloads
+    every model. Here each worker rescans the folder instead, and keeps its connections.
+    A worker gets the signal only once it has said (its ``ready-<pid>`` file in
+    ``state_dir``) that it handles SIGHUP: the default action of SIGHUP ends a process. A
+    worker still starting scans the folder itself when it starts.
+    """
+
+    def __init__(self, config: uvicorn.Config, sockets: list, state_dir: Path) -> None:
+        super().__init__(config, sockets=sockets)
+        self.state_dir = state_dir
+
+    def handle_hup(self) -> None:
+        forwarded = 0
+        for process in self.processes:
+            pid = process.pid
+            if pid is not None and (self.state_dir / f"ready-{pid}").exists():
+                try:
+                    os.kill(pid, signal.SIGHUP)
+                    forwarded += 1
+                except OSError:
+                    continue  # gone meanwhile: its replacement scans when it starts
+        logger.info("SIGHUP: %d worker(s) rescan the model folder", forwarded)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -77,6 +77,23 @@ class Settings(BaseSettings):
         "load balancers stop routing here before the listener closes.",
     )
 
+    poll_interval: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds between two scans of the model folder for new, changed or "
+        "removed files (0: only on SIGHUP and the repository API's load).",
+    )
+    admin_key: str | None = Field(
+        None,
+        description="When set, the repository API's load and unload take "
+        "`Authorization: Bearer <key>`; unset, they answer 403.",
+    )
+    state_dir: Path | None = Field(
+        None,
+        description="Folder where the workers share the repository API's unload list; the "
+        "launcher sets it for --workers > 1.",
+    )
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
@@ -90,16 +107,18 @@ class Settings(BaseSettings):
             return [item.strip() for item in text.split(",") if item.strip()]
         return value
 
-    @field_validator("api_key")
+    @field_validator("api_key", "admin_key")
     @classmethod
-    def _key_can_match(cls, value: str | None) -> str | None:
+    def _key_can_match(cls, value: str | None, info: ValidationInfo) -> str | None:
         # A key that no Authorization header can carry would lock every client out.
         if value is not None and (value != value.strip() or not value.isprintable()):
-            raise ValueError("the API key must not start or end with spaces, nor hold "
+            which = "API" if info.field_name == "api_key" else "admin"
+            raise ValueError(f"the {which} key must not start or end with spaces, nor hold "
                              "control characters: no Authorization header could carry it")
         return value
 
-    @field_validator("api_key", "default_model", "model_dir", mode="before")
+    @field_validator("api_key", "admin_key", "default_model", "model_dir", "state_dir",
+                     mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # NNSERVE_API_KEY= (empty) in a compose file means "no key", not "the empty key".

@@ -9,6 +9,7 @@ themselves. The dataplane never sees a wire format. Every refusal is a
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -16,10 +17,12 @@ from anyio import to_thread
 
 from app import explaining
 from app.config import Settings
-from app.errors import InvalidInputError, ModelNotFoundError, NotReadyError
+from app.errors import InvalidInputError, ModelNotFoundError
 from app.inference import InferenceRunner
-from app.log import REQUEST_INFO
-from app.registry import Registry, ServedModel
+from app.log import REQUEST_INFO, escape
+from app.registry import MODEL_NAME, Registry, ServedModel
+from app.reload import Reloader
+from app.repository import Repository, Snapshot
 from app.validation import check_batch
 
 # Bodies larger than this are decoded in a worker thread (see DataPlane.decode): a batch-1
@@ -31,9 +34,10 @@ Decoded = TypeVar("Decoded")
 class DataPlane:
     """Model lookup, readiness and inference for one application.
 
-    Built by the application factory and kept on ``app.state.dataplane``: the registry it
-    serves, the settings it enforces, the inference runner (with its batching groups) and
-    the draining flag that SIGTERM sets.
+    Built by the application factory and kept on ``app.state.dataplane``: the repository
+    it serves (the live model versions, :mod:`app.repository`) and the reloader that
+    rescans it, the settings it enforces, the inference runner (with its batching groups)
+    and the draining flag that SIGTERM sets.
     """
 
     def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
@@ -55,23 +59,67 @@ class DataPlane:
 
     # -- models ------------------------------------------------------------------------
 
-    def model(self, name: str | None = None, version: str | None = None) -> ServedModel:
-        """Return the model called ``name`` (the default one when None) at ``version``.
+    @property
+    def registry(self) -> Registry:
+        """Every served model at its default version (a view of the current snapshot)."""
+        return self.repository.snapshot.registry
 
-        ``version`` None is the version served; another one raises :class:`ModelNotFoundError`.
+    @registry.setter
+    def registry(self, registry: Registry) -> None:
+        """Serve these models, and no folder."""
+        self.repository = Repository(None, registry=registry)
+        self.reloader = Reloader(self.repository)
+
+    def serve_folder(self, folder: Path) -> Reloader:
+        """Serve the model folder ``folder`` (empty until the reloader's first scan)."""
+        settings = self.settings
+        self.repository = Repository(folder, settings.default_model, settings.state_dir)
+        self.reloader = Reloader(self.repository, settings.poll_interval,
+                                 notify_supervisor=settings.state_dir is not None)
+        return self.reloader
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """What serves now: name -> versions -> model, routing and the index, immutable."""
+        return self.repository.snapshot
+
+    def model(self, name: str | None = None, version: str | None = None,
+              routing_key: str | None = None) -> ServedModel:
+        """Return the version of model ``name`` (the default model when None) that answers.
+
+        ``version`` is a version or an alias; None picks by the routing file's weights
+        (the same version for the same ``routing_key``, random without one), else the
+        default version. Raises :class:`ModelNotFoundError` naming the known versions.
         """
-        if name is None:
-            name = self.registry.default
-            if name is None:
-                raise NotReadyError("no model is loaded")
-        model = self.registry.get(name)
-        if version is not None and version != model.version:
-            raise ModelNotFoundError(model.name, version=version, versions=[model.version])
-        return model
+        return self.repository.resolve(name, version, routing_key)
 
     def models(self) -> list[ServedModel]:
-        """Return every loaded model, sorted by name."""
+        """Return every loaded model at its default version, sorted by name."""
         return list(self.registry)
+
+    # -- the repository ----------------------------------------------------------------
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """Every model version the folder holds, with its state and reason."""
+        return self.repository.index(ready_only)
+
+    async def load(self, name: str) -> None:
+        """Serve ``name`` again and load its files (changed or failed ones) from the folder."""
+        _check_name(name)
+        self.repository.set_unloaded(name, False)
+        await self.reloader.rescan(retry=True)
+        self.reloader.notify_workers()
+        self.repository.check_loaded(name)
+
+    async def unload(self, name: str) -> None:
+        """Stop serving ``name`` until its next load; running requests finish."""
+        _check_name(name)
+        if (name not in self.snapshot.versions
+                and name not in self.repository.known_names()):
+            raise ModelNotFoundError(name, self.repository.known_names())
+        self.repository.set_unloaded(name, True)
+        await self.reloader.rescan(retry=False)
+        self.reloader.notify_workers()
 
     @property
     def default_model(self) -> str | None:
@@ -105,7 +153,15 @@ class DataPlane:
         it is checked (size, shape, finite, float32 range) and converted here, so every
         protocol refuses the same inputs with the same words.
         """
-        return await self.runner.predict_proba(model, check_batch(batch, model, self.max_batch))
+        checked = check_batch(batch, model, self.max_batch)
+        # Counted so that a version leaving the repository is reported unloaded only once
+        # the requests running on it are done.
+        repository = self.repository
+        repository.acquire(model)
+        try:
+            return await self.runner.predict_proba(model, checked)
+        finally:
+            repository.release(model)
 
     async def explain(self, model: ServedModel, batch: np.ndarray, *, method: str,
                       target: int | str | None = None, steps: int | None = None,
@@ -123,15 +179,27 @@ class DataPlane:
         info = REQUEST_INFO.get()
         if info is not None:
             info["model"], info["batch"] = model.name, len(batch)
-        if explaining.elements(model, len(batch), steps) > explaining.INLINE_MAX_ELEMENTS:
-            return await to_thread.run_sync(explaining.explain, model, batch, method, index,
-                                            steps, baseline)
-        return explaining.explain(model, batch, method, index, steps, baseline)
+        repository = self.repository
+        repository.acquire(model)  # as infer does: a leaving version waits for this too
+        try:
+            if explaining.elements(model, len(batch), steps) > explaining.INLINE_MAX_ELEMENTS:
+                return await to_thread.run_sync(explaining.explain, model, batch, method,
+                                                index, steps, baseline)
+            return explaining.explain(model, batch, method, index, steps, baseline)
+        finally:
+            repository.release(model)
 
     def close(self) -> None:
         """Stop taking traffic and run every request still waiting for its group."""
         self.draining = True
         self.runner.flush()
+
+
+def _check_name(name: str) -> None:
+    """Refuse a model name no file could give (a path trick, a control character)."""
+    if not MODEL_NAME.fullmatch(name):
+        raise InvalidInputError(f"{escape(name, 80)!r} is not a model name: 1-64 letters, "
+                                "digits, '.', '_' or '-', starting with a letter or digit")
 
 
 __all__ = ["DataPlane"]

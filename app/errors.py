@@ -65,6 +65,11 @@ class UnauthorizedError(ServingError):
     """An API key is required and the request's is missing or wrong."""
 
 
+class ForbiddenError(ServingError):
+    """The request is not allowed on this server at all (e.g. an admin call with no admin
+    key configured)."""
+
+
 class UnsupportedMediaTypeError(ServingError):
     """The body's Content-Type or Content-Encoding is not one the protocol reads."""
 
@@ -74,6 +79,7 @@ class PayloadTooLargeError(ServingError):
 
 
 __all__ = [
+    "ForbiddenError",
     "InferenceError",
     "InvalidInputError",
     "MalformedRequestError",

@@ -113,7 +113,7 @@ def _settle(future: asyncio.Future, result=None, error: BaseException | None = N
 
 
 def _run_group(model: ServedModel, group: list[tuple[np.ndarray, asyncio.Future]]) -> None:
-    count, latency, batch_size, errors = metrics.model_metrics(model.name)
+    count, latency, batch_size, errors = metrics.model_metrics(model.name, model.version)
     start = time.perf_counter()
     merged = None
     if len(group) > 1:
@@ -188,7 +188,7 @@ class InferenceRunner:
         if (self.batching and len(batch) < self.max_batch_size
                 and batch.size <= INLINE_MAX_ELEMENTS):
             return await self._batcher(model).submit(batch)
-        count, latency, batch_size, errors = metrics.model_metrics(model.name)
+        count, latency, batch_size, errors = metrics.model_metrics(model.name, model.version)
         start = time.perf_counter()
         try:
             if batch.size > INLINE_MAX_ELEMENTS:

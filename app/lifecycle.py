@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
+import os
 import signal
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from anyio import to_thread
 from fastapi import FastAPI
 
 from app import log, metrics
 from app.config import Settings
 from app.dataplane import DataPlane
 from app.protocol import READ_TIMEOUT_STATE
-from app.registry import Registry, default_model_dir
+from app.registry import default_model_dir
 
 logger = logging.getLogger("nnserve")
 
@@ -68,12 +67,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict]:
     dataplane.draining = False  # a lifespan may start again after an earlier shutdown
     # Watched before the models load: a SIGTERM during start-up stops the loading.
     replaced = watch_termination(dataplane, settings.drain_delay)
+    reloader = None
     if app.state.load_models:
-        folder = settings.model_dir or default_model_dir()
-        # In a worker thread, so the event loop (and the signal hand-over) stays free.
-        dataplane.registry = await to_thread.run_sync(functools.partial(
-            Registry.from_dir, folder, default=settings.default_model,
-            stop=lambda: dataplane.draining))
+        reloader = dataplane.serve_folder(settings.model_dir or default_model_dir())
+        reloader.should_stop = lambda: dataplane.draining
+        state_dir = settings.state_dir
+        # SIGHUP is watched before the first scan, so no change falls between the two.
+        reloader.watch_hangup(state_dir / f"ready-{os.getpid()}" if state_dir else None)
+        # The files load in a worker thread: the event loop (and the signals) stay free.
+        await reloader.rescan()
+        reloader.start_polling()
     registry = dataplane.registry
     metrics.MODELS_LOADED.set(len(registry))
     logger.info("serving %d model(s): %s; default %s", len(registry),
@@ -81,6 +84,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict]:
     try:
         yield {READ_TIMEOUT_STATE: settings.read_timeout}
     finally:
+        if reloader is not None:
+            reloader.stop()
         dataplane.close()  # no request left waiting for its batching group
         for signum, previous in replaced.items():
             signal.signal(signum, previous)

@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse
 from app import ui
 from app.api import explain, health, native, security, v2
 from app.api.errors import install_handlers
+from app.api.v2 import repository as v2_repository
 from app.config import Settings
 from app.dataplane import DataPlane
 from app.lifecycle import lifespan
@@ -107,6 +108,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     )
     app.state.settings = settings
     app.state.api_key = settings.api_key.encode() if settings.api_key else None
+    app.state.admin_key = settings.admin_key.encode() if settings.admin_key else None
     app.state.dataplane = DataPlane(settings, registry)
     app.state.load_models = registry is None
 
@@ -117,6 +119,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     native.add_routes(app, guards)
     v2.add_routes(app, guards)
     explain.add_routes(app, guards)
+    v2_repository.add_routes(app, guards)
     health.add_routes(app)
     if settings.ui:  # the demo page, after every API route
         ui.add_routes(app)

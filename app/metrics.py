@@ -45,24 +45,26 @@ HTTP_LATENCY = Histogram(
 )
 INFERENCES = Counter(
     "nnserve_inference_requests_total",
-    "Batches run through a network, by model (samples: nnserve_inference_batch_size_sum).",
-    ["model"],
+    "Batches run through a network, by model and version (samples: "
+    "nnserve_inference_batch_size_sum).",
+    ["model", "version"],
 )
 INFERENCE_ERRORS = Counter(
     "nnserve_inference_errors_total",
-    "Batches whose network output was not usable (non-finite), by model.",
-    ["model"],
+    "Batches whose network output was not usable (non-finite), by model and version.",
+    ["model", "version"],
 )
 INFERENCE_LATENCY = Histogram(
     "nnserve_inference_duration_seconds",
-    "Time spent in the network's forward pass and the probability step, by model.",
-    ["model"],
+    "Time spent in the network's forward pass and the probability step, by model and "
+    "version.",
+    ["model", "version"],
     buckets=LATENCY_BUCKETS,
 )
 INFERENCE_BATCH = Histogram(
     "nnserve_inference_batch_size",
-    "Samples per inference batch, by model.",
-    ["model"],
+    "Samples per inference batch, by model and version.",
+    ["model", "version"],
     buckets=BATCH_BUCKETS,
 )
 EXPLANATIONS = Counter(
@@ -88,6 +90,28 @@ MODELS_LOADED = Gauge(
     "Models loaded and served.",
     multiprocess_mode="max",
 )
+MODEL_RELOADS = Counter(
+    "nnserve_model_reloads_total",
+    "Model files loaded by a folder scan, by model and result (success or failure; a file "
+    "that fails again unchanged is counted once).",
+    ["model", "result"],
+)
+MODEL_LOAD_SECONDS = Histogram(
+    "nnserve_model_load_duration_seconds",
+    "Time to read and fully validate one model file.",
+    buckets=LATENCY_BUCKETS,
+)
+ROUTING_REFUSED = Counter(
+    "nnserve_routing_refused_total",
+    "Versions of the routing file refused (the last good routing stayed in force).",
+)
+# With several workers, the oldest scan among the live ones: the one furthest behind.
+LAST_SCAN = Gauge(
+    "nnserve_repository_last_scan_timestamp_seconds",
+    "Unix time at which the last completed scan of the model folder started: every change "
+    "made before it is served (with several workers, the oldest among them).",
+    multiprocess_mode="livemin",
+)
 
 
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -95,7 +119,7 @@ _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 # every call. The keys are bounded (route templates, known methods, status codes, loaded
 # model names), so the caches are too.
 _http_children: dict[tuple[str, str, int], tuple] = {}
-_model_children: dict[str, tuple] = {}
+_model_children: dict[tuple[str, str], tuple] = {}
 
 
 def http_request(method: str, route: str, status: int, seconds: float) -> None:
@@ -112,17 +136,31 @@ def http_request(method: str, route: str, status: int, seconds: float) -> None:
     children[1].observe(seconds)
 
 
-def model_metrics(model: str) -> tuple:
-    """Return the (count, latency, batch size, errors) children of a model's metrics."""
-    children = _model_children.get(model)
+def model_metrics(model: str, version: str = "") -> tuple:
+    """Return the (count, latency, batch size, errors) children of a model version's metrics."""
+    key = (model, version)
+    children = _model_children.get(key)
     if children is None:
-        children = _model_children[model] = (
-            INFERENCES.labels(model),
-            INFERENCE_LATENCY.labels(model),
-            INFERENCE_BATCH.labels(model),
-            INFERENCE_ERRORS.labels(model),
+        children = _model_children[key] = (
+            INFERENCES.labels(model, version),
+            INFERENCE_LATENCY.labels(model, version),
+            INFERENCE_BATCH.labels(model, version),
+            INFERENCE_ERRORS.labels(model, version),
         )
     return children
+
+
+def model_reload(model: str, success: bool, seconds: float) -> None:
+    """Count one model file loaded (or refused) by a scan, and its load time."""
+    MODEL_RELOADS.labels(model, "success" if success else "failure").inc()
+    if success:
+        MODEL_LOAD_SECONDS.observe(seconds)
+
+
+def scanned(models: int, started: float) -> None:
+    """Record a completed folder scan: when it started and the number of models it serves."""
+    LAST_SCAN.set(started)
+    MODELS_LOADED.set(models)
 
 
 def multiprocess_dir() -> str | None:

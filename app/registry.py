@@ -20,6 +20,7 @@ logger = logging.getLogger("nnserve.registry")
 PREFERRED_DEFAULT = "digits-mlp"
 # Names appear in URLs, metric labels and log lines: keep them plain.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MODEL_NAME = _NAME  # what the repository API and the routing file check names against
 
 
 @dataclass(frozen=True, eq=False)

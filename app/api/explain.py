@@ -88,10 +88,11 @@ class ExplainResponse(BaseModel):
 
 
 def _decode(body: bytes, content_type: str | None, path_name: str | None,
+            path_version: str | None, routing_key: str | None,
             dataplane: DataPlane) -> tuple[ServedModel, np.ndarray, ExplainRequest,
                                            np.ndarray | None]:
     payload = native.parse_body(body, content_type, ExplainRequest)
-    model = native.model_of(payload, path_name, dataplane)
+    model = native.model_of(payload, path_name, dataplane, path_version, routing_key)
     batch = native.batch_of(payload.inputs, body, model, dataplane)
     baseline = None
     if payload.baseline is not None:
@@ -121,14 +122,17 @@ def _answer(model: ServedModel, explanation: explaining.Explanation) -> Response
                "method": explanation.method, "steps": explanation.steps,
                "explanations": items}
     return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY),
-                    media_type="application/json")
+                    media_type="application/json",
+                    headers={native.VERSION_HEADER: model.version})
 
 
-async def _explain(request: Request, path_name: str | None) -> Response:
+async def _explain(request: Request, path_name: str | None,
+                   path_version: str | None = None) -> Response:
     dataplane: DataPlane = request.app.state.dataplane
+    headers = request.headers
     model, batch, payload, baseline = await dataplane.decode(
-        await request.body(), _decode, request.headers.get("content-type"), path_name,
-        dataplane)
+        await request.body(), _decode, headers.get("content-type"), path_name, path_version,
+        headers.get(native.ROUTING_HEADER), dataplane)
     explanation = await dataplane.explain(model, batch, method=payload.method,
                                           target=payload.target, steps=payload.steps,
                                           baseline=baseline)
@@ -149,6 +153,12 @@ async def explain(request: Request) -> Response:
 async def explain_with(request: Request, name: native.ModelName) -> Response:
     """Like POST /explain, with the model named in the path."""
     return await _explain(request, name)
+
+
+async def explain_version(request: Request, name: native.ModelName,
+                          version: native.ModelVersion) -> Response:
+    """Like POST /models/{name}/explain, with the version (or an alias) named in the path."""
+    return await _explain(request, name, version)
 
 
 _BODY = {"required": True,
@@ -173,6 +183,9 @@ def add_routes(app: FastAPI, guards: Sequence[params.Depends] = ()) -> None:
     add("/models/{name}/explain", explain_with, methods=["POST"], tags=TAGS,
         route_class_override=native.NativeRoute, dependencies=list(guards),
         summary="Explain the named model's answer", **_DOC)
+    add("/models/{name}/versions/{version}/explain", explain_version, methods=["POST"],
+        tags=TAGS, route_class_override=native.NativeRoute, dependencies=list(guards),
+        summary="Explain one version's (or alias's) answer", **_DOC)
 
 
 __all__ = ["ExplainRequest", "ExplainResponse", "add_routes"]

@@ -46,6 +46,12 @@ _NESTED_NUMBERS = {
 
 ModelName = Annotated[str, Path(description="A loaded model's name (see GET /models).",
                                 examples=["digits-mlp"])]
+ModelVersion = Annotated[str, Path(description="A loaded version of the model, or an alias "
+                                   "of one (see GET /models/{name}).", examples=["1"])]
+# The request header that makes unversioned requests of one client land on one version.
+ROUTING_HEADER = "x-routing-key"
+# The response header that says which version answered (on every prediction).
+VERSION_HEADER = "X-Model-Version"
 
 
 class PredictRequest(BaseModel):
@@ -103,11 +109,28 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
+class VersionState(BaseModel):
+    """One version of a model and whether it serves."""
+
+    version: str
+    state: str = Field(description="READY (the others are in POST /v2/repository/index).")
+    reason: str = Field(description="Empty, or why a newer file of this version failed "
+                        "while this load keeps serving.")
+
+
 class ModelSummary(BaseModel):
     """What a client needs to call a model."""
 
     name: str
-    version: str
+    version: str = Field(description="The default version (unversioned requests without "
+                         "weights).")
+    versions: list[VersionState] = Field(default_factory=list,
+                                         description="Every served version, oldest first.")
+    default_version: str | None = None
+    aliases: dict[str, str] = Field(default_factory=dict, description="alias -> version.")
+    weights: dict[str, float] = Field(
+        default_factory=dict, description="version -> traffic weight of unversioned "
+        "requests (empty: the default version takes them all).")
     input_shape: list[int]
     labels: list[str]
     output: str = Field(description='The network\'s head: "softmax" or "log_softmax".')
@@ -119,6 +142,8 @@ class ModelList(BaseModel):
 
     models: list[ModelSummary]
     default: str | None
+    routing_error: str | None = Field(None, description="Why the routing file was refused "
+                                      "(the last good routing stays in force).")
 
 
 class ModelDetail(ModelSummary):
@@ -192,6 +217,7 @@ _PREDICT_EXAMPLE = {
 STATUS: dict[type[errors.ServingError], int] = {
     errors.MalformedRequestError: 400,
     errors.UnauthorizedError: 401,
+    errors.ForbiddenError: 403,
     errors.ModelNotFoundError: 404,
     errors.PayloadTooLargeError: 413,
     errors.UnsupportedMediaTypeError: 415,
@@ -278,14 +304,15 @@ def _answer(model: ServedModel, probs: np.ndarray, top_k: int | None) -> Respons
     content = {"model": model.name, "version": model.version, "labels": labels,
                "predictions": predictions}
     return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY),
-                    media_type="application/json")
+                    media_type="application/json", headers={VERSION_HEADER: model.version})
 
 
 def _decode(body: bytes, content_type: str | None, path_name: str | None,
+            path_version: str | None, routing_key: str | None,
             dataplane: DataPlane) -> tuple[ServedModel, np.ndarray, int | None]:
     """Parse and check a predict body: its model, its batch as an array, its top_k."""
     payload = parse_body(body, content_type)
-    model = model_of(payload, path_name, dataplane)
+    model = model_of(payload, path_name, dataplane, path_version, routing_key)
     if payload.top_k is not None and payload.top_k > model.n_classes:
         raise errors.InvalidInputError(
             f"top_k must be between 1 and {model.n_classes}, the number of classes of "
@@ -293,12 +320,17 @@ def _decode(body: bytes, content_type: str | None, path_name: str | None,
     return model, batch_of(payload.inputs, body, model, dataplane), payload.top_k
 
 
-def model_of(payload: Any, path_name: str | None, dataplane: DataPlane) -> ServedModel:
-    """Return the model a parsed body (its ``model``) and the path name together choose."""
+def model_of(payload: Any, path_name: str | None, dataplane: DataPlane,
+             path_version: str | None = None, routing_key: str | None = None) -> ServedModel:
+    """Return the model a parsed body (its ``model``) and the path together choose.
+
+    ``path_version`` is a version or alias from the path; ``routing_key`` the client's
+    routing-key header, which keeps an unversioned request on one version of a split.
+    """
     if path_name is not None and payload.model is not None and payload.model != path_name:
         raise errors.InvalidInputError(f"the body names model {payload.model!r} but the path "
                                        f"names {path_name!r}")
-    return dataplane.model(path_name or payload.model)
+    return dataplane.model(path_name or payload.model, path_version, routing_key)
 
 
 def batch_of(inputs: Any, body: bytes, model: ServedModel, dataplane: DataPlane) -> np.ndarray:
@@ -310,11 +342,14 @@ def batch_of(inputs: Any, body: bytes, model: ServedModel, dataplane: DataPlane)
                            may_hold_booleans=may_hold_booleans)
 
 
-async def _predict(request: Request, path_name: str | None) -> Response:
+async def _predict(request: Request, path_name: str | None,
+                   path_version: str | None = None) -> Response:
     dataplane = _dataplane(request)
+    headers = request.headers
     model, batch, top_k = await dataplane.decode(await request.body(), _decode,
-                                                 request.headers.get("content-type"),
-                                                 path_name, dataplane)
+                                                 headers.get("content-type"), path_name,
+                                                 path_version, headers.get(ROUTING_HEADER),
+                                                 dataplane)
     probs = await dataplane.infer(model, batch)
     return _answer(model, probs, top_k)
 
@@ -337,11 +372,23 @@ async def predict(request: Request) -> Response:
 
 
 async def predict_with(request: Request, name: ModelName) -> Response:
-    """Like POST /predict, with the model named in the path."""
+    """Like POST /predict, with the model named in the path.
+
+    The version is the routing file's pick (sticky for an `X-Routing-Key`), else the
+    model's default version.
+    """
     return await _predict(request, name)
 
 
-def _summary(model: ServedModel) -> dict[str, Any]:
+async def predict_version(request: Request, name: ModelName, version: ModelVersion) -> Response:
+    """Like POST /models/{name}/predict, with the version (or an alias) named in the path."""
+    return await _predict(request, name, version)
+
+
+def _summary(model: ServedModel, dataplane: DataPlane) -> dict[str, Any]:
+    snapshot = dataplane.snapshot
+    routing = snapshot.routing.get(model.name)
+    states = {entry.version: entry for entry in snapshot.entries if entry.name == model.name}
     return {
         "name": model.name,
         "version": model.version,
@@ -349,21 +396,29 @@ def _summary(model: ServedModel) -> dict[str, Any]:
         "labels": list(model.labels),
         "output": model.output,
         "description": model.metadata.get("description"),
+        "versions": [{"version": version, "state": states[version].state if version in states
+                      else "READY", "reason": states[version].reason if version in states
+                      else ""} for version in snapshot.versions.get(model.name, ())],
+        "default_version": routing.default if routing else model.version,
+        "aliases": dict(routing.aliases) if routing else {},
+        "weights": dict(routing.weights) if routing else {},
     }
 
 
 async def list_models(request: Request) -> dict[str, Any]:
     """Return every loaded model's name, version, input shape and labels, and the default."""
     dataplane = _dataplane(request)
-    return {"models": [_summary(model) for model in dataplane.models()],
-            "default": dataplane.default_model}
+    return {"models": [_summary(model, dataplane) for model in dataplane.models()],
+            "default": dataplane.default_model,
+            "routing_error": dataplane.snapshot.routing_error}
 
 
 async def describe_model(request: Request, name: ModelName) -> dict[str, Any]:
     """Return a model's metadata: shape, labels, head, dataset, metrics, creation date."""
     dataplane = _dataplane(request)
-    model = dataplane.model(name)
-    return {**model.metadata, **_summary(model), "n_classes": model.n_classes,
+    dataplane.model(name)  # a 404 naming the loaded models when there is none
+    model = dataplane.registry.get(name)  # its default version, not a weighted pick
+    return {**model.metadata, **_summary(model, dataplane), "n_classes": model.n_classes,
             "default": model.name == dataplane.default_model}
 
 
@@ -380,6 +435,10 @@ def add_routes(app: FastAPI, guards: Sequence[params.Depends] = ()) -> None:
         dependencies=list(guards), **_PREDICT_DOC)
     add("/models/{name}/predict", predict_with, methods=["POST"], tags=TAGS,
         route_class_override=NativeRoute, summary="Classify samples with the named model",
+        dependencies=list(guards), **_PREDICT_DOC)
+    add("/models/{name}/versions/{version}/predict", predict_version, methods=["POST"],
+        tags=TAGS, route_class_override=NativeRoute,
+        summary="Classify samples with one version (or alias) of the named model",
         dependencies=list(guards), **_PREDICT_DOC)
     add("/models", list_models, methods=["GET"], tags=TAGS, route_class_override=NativeRoute,
         response_model=ModelList, summary="List the loaded models")

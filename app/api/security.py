@@ -6,7 +6,7 @@ import hmac
 
 from fastapi import Request
 
-from app.errors import UnauthorizedError
+from app.errors import ForbiddenError, UnauthorizedError
 
 # The OpenAPI document names this scheme on the routes that need the key (see app.main).
 SCHEME = "bearerAuth"
@@ -32,3 +32,24 @@ async def require_api_key(request: Request) -> None:
     if not hmac.compare_digest(token.encode("latin-1"), key):
         raise UnauthorizedError("invalid API key",
                            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+async def require_admin_key(request: Request) -> None:
+    """Refuse a repository change unless it carries ``Authorization: Bearer <admin key>``.
+
+    With no ``NNSERVE_ADMIN_KEY`` configured the calls are off (403): a model server
+    reachable by its clients must not let them swap its models by default.
+    """
+    key: bytes | None = request.app.state.admin_key
+    if key is None:
+        raise ForbiddenError("the repository API's load and unload are off: start the server "
+                             "with NNSERVE_ADMIN_KEY set and send 'Authorization: Bearer "
+                             "<admin key>'")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip(" \t")
+    if scheme.lower() != "bearer" or not token:
+        raise UnauthorizedError("missing admin key: send 'Authorization: Bearer <admin key>'",
+                                headers={"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(token.encode("latin-1"), key):
+        raise UnauthorizedError("invalid admin key",
+                                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})

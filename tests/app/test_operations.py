@@ -129,10 +129,10 @@ def test_metrics_count_requests_and_inferences(client):
 
     assert delta("nnserve_http_requests_total", method="POST", route="/predict", status="200") == 3
     assert delta("nnserve_http_requests_total", method="POST", route="/predict", status="422") == 1
-    assert delta("nnserve_inference_requests_total", model="mlp") == 3
-    assert delta("nnserve_inference_batch_size_sum", model="mlp") == 6
-    assert delta("nnserve_inference_batch_size_count", model="mlp") == 3
-    assert delta("nnserve_inference_duration_seconds_count", model="mlp") == 3
+    assert delta("nnserve_inference_requests_total", model="mlp", version="1") == 3
+    assert delta("nnserve_inference_batch_size_sum", model="mlp", version="1") == 6
+    assert delta("nnserve_inference_batch_size_count", model="mlp", version="1") == 3
+    assert delta("nnserve_inference_duration_seconds_count", model="mlp", version="1") == 3
     assert (
         delta("nnserve_http_request_duration_seconds_count", method="POST", route="/predict") == 4
     )

@@ -138,9 +138,9 @@ def test_metrics_after_traffic(server, digits):
         )
         == 1
     )
-    assert delta("nnserve_inference_requests_total", model="digits-mlp") == 5
-    assert delta("nnserve_inference_requests_total", model="digits-cnn") == 1
-    assert delta("nnserve_inference_batch_size_sum", model="digits-cnn") == 7
+    assert delta("nnserve_inference_requests_total", model="digits-mlp", version="1.0.0") == 5
+    assert delta("nnserve_inference_requests_total", model="digits-cnn", version="1.0.0") == 1
+    assert delta("nnserve_inference_batch_size_sum", model="digits-cnn", version="1.0.0") == 7
     assert metric(text, "nnserve_models_loaded") >= 2
     assert "nnserve_http_request_duration_seconds_bucket" in text
 
@@ -359,7 +359,8 @@ def test_two_workers_share_their_metrics(tmp_path, shipped_dir):
             for _ in range(4)
         ]
         for text in texts:  # whichever worker answers, it reports the whole server
-            assert metric(text, "nnserve_inference_requests_total", model="digits-mlp") == n
+            assert metric(text, "nnserve_inference_requests_total", model="digits-mlp",
+                          version="1.0.0") == n
             assert (
                 metric(
                     text,

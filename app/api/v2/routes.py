@@ -26,8 +26,11 @@ from app.registry import ServedModel
 
 TAGS = ["Open Inference Protocol (V2)"]
 SERVER_NAME = "nnserve"
-EXTENSIONS = ("binary_tensor_data",)
+EXTENSIONS = ("binary_tensor_data", "model_repository")
 PLATFORM = "nnlib"
+# The same headers as the native API's (app.api.native): routing key in, version out.
+ROUTING_HEADER = "x-routing-key"
+VERSION_HEADER = "X-Model-Version"
 
 # The one table from the dataplane's errors to this protocol's statuses.
 STATUS: dict[type[errors.ServingError], int] = {
@@ -35,6 +38,7 @@ STATUS: dict[type[errors.ServingError], int] = {
     errors.InvalidInputError: 400,
     errors.InferenceError: 400,
     errors.UnauthorizedError: 401,
+    errors.ForbiddenError: 403,
     errors.ModelNotFoundError: 404,
     errors.PayloadTooLargeError: 413,
     errors.UnsupportedMediaTypeError: 415,
@@ -107,10 +111,11 @@ async def server_ready(request: Request) -> dict[str, bool]:
 
 async def model_metadata(request: Request, name: str, version: str | None = None) -> dict:
     """Model metadata: versions, platform, and the input and output tensors."""
-    model = _dataplane(request).model(name, version)
+    dataplane = _dataplane(request)
+    model = dataplane.model(name, version)
     return {
         "name": model.name,
-        "versions": [model.version],
+        "versions": list(dataplane.snapshot.versions.get(model.name, [model.version])),
         "platform": PLATFORM,
         "inputs": [_tensor_metadata(codec.INPUT_NAME, model.input_shape)],
         "outputs": [_tensor_metadata(codec.OUTPUT_NAME, (model.n_classes,))],
@@ -147,7 +152,7 @@ def _decode(body: bytes, headers: Headers, model: ServedModel, dataplane: DataPl
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
     """Run the model on one input tensor; answer probabilities as JSON or binary data."""
     dataplane = _dataplane(request)
-    model = dataplane.model(name, version)
+    model = dataplane.model(name, version, request.headers.get(ROUTING_HEADER))
     request_id, outputs, tensor = await dataplane.decode(await request.body(), _decode,
                                                          request.headers, model, dataplane)
     try:
@@ -158,9 +163,11 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         model.name, model.version, request_id,
         [(output, probabilities) for output in outputs])
     if header_length is None:
-        return Response(body, media_type="application/json")
+        return Response(body, media_type="application/json",
+                        headers={VERSION_HEADER: model.version})
     return Response(body, media_type="application/octet-stream",
-                    headers={codec.HEADER_LENGTH: str(header_length)})
+                    headers={codec.HEADER_LENGTH: str(header_length),
+                             VERSION_HEADER: model.version})
 
 
 _INFER_BODY = {
