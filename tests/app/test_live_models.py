@@ -87,6 +87,24 @@ def test_every_version_serves_and_the_highest_is_the_default(live):
     assert one["predictions"][0]["probabilities"] != two["predictions"][0]["probabilities"]
 
 
+def test_explanations_address_versions_like_predictions(live):
+    body = {"inputs": [ZERO_MLP], "method": "gradient", "target": 0}
+    answers = {}
+    for path, version in (("/models/mlp/explain", "2"),
+                          ("/models/mlp/versions/1/explain", "1"),
+                          ("/models/mlp/versions/2/explain", "2")):
+        response = live.post(path, json=body)
+        assert response.status_code == 200, response.text
+        assert response.json()["version"] == version
+        assert response.headers["x-model-version"] == version
+        answers[path] = response.json()["explanations"][0]["attributions"]
+    # Two networks, two gradients: the path chose the network, not only the label.
+    assert answers["/models/mlp/versions/1/explain"] != answers["/models/mlp/explain"]
+    assert answers["/models/mlp/versions/2/explain"] == answers["/models/mlp/explain"]
+    missing = live.post("/models/mlp/versions/3/explain", json=body)
+    assert missing.status_code == 404 and "1, 2" in missing.json()["detail"]
+
+
 def test_v2_addresses_versions_and_says_which_answered(live):
     assert live.get("/v2/models/mlp").json()["versions"] == ["1", "2"]
     body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
