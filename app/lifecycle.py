@@ -76,6 +76,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict]:
             stop=lambda: dataplane.draining))
     registry = dataplane.registry
     metrics.MODELS_LOADED.set(len(registry))
+    metrics.REPOSITORY_SCAN_SUCCESS.set(1 if len(registry) else 0)
+    if len(registry):
+        metrics.REPOSITORY_LAST_SUCCESS.set_to_current_time()
     logger.info("serving %d model(s): %s; default %s", len(registry),
                 ", ".join(registry.names()) or "none", registry.default)
     try:

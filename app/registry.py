@@ -6,12 +6,14 @@ import logging
 import math
 import os
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import nnlib
+from app import metrics
 from app.errors import ModelNotFoundError
 from app.log import escape
 
@@ -134,18 +136,24 @@ class Registry:
                 logger.warning("stopping: %d model file(s) left unloaded",
                                len(names) - names.index(file.name))
                 break
+            started = time.perf_counter()
             try:
                 model = ServedModel.from_artifact(nnlib.load(file))
             except ValueError as exc:  # one bad file must not stop the others from serving
                 logger.error("skipping %s: %s", escape(file.name), escape(str(exc)))
+                metrics.MODEL_LOAD_FAILURES.inc()
                 continue
             except Exception:  # a loader bug: still only this file, with the traceback
                 logger.exception("skipping %s: the loader failed", escape(file.name))
+                metrics.MODEL_LOAD_FAILURES.inc()
                 continue
             if any(loaded.name == model.name for loaded in models):
                 logger.error("skipping %s: a model named %r is already loaded",
                              escape(file.name), model.name)
+                metrics.MODEL_LOAD_FAILURES.inc()
                 continue
+            metrics.MODEL_LOAD_DURATION.labels(model.name, model.version).observe(
+                time.perf_counter() - started)
             logger.info(
                 "loaded model %s version %s from %s (input %s, %d classes, %s)",
                 model.name, escape(model.version), escape(file.name), list(model.input_shape),

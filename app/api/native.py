@@ -305,7 +305,7 @@ async def _predict(request: Request, path_name: str | None) -> Response:
                                                  request.headers.get("content-type"),
                                                  path_name, dataplane)
     probs = await dataplane.infer(model, batch)
-    return _answer(model, probs, top_k)
+    return dataplane.encode(_answer, model, probs, top_k)
 
 
 _PREDICT_DOC = dict(
