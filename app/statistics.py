@@ -4,8 +4,8 @@ Every figure is kept per (model name, version), and per batch size for execution
 adds to its own table of int64 counters; a statistics request sums the tables of every
 worker. With one worker the table is plain memory. With ``--workers`` > 1 (where
 prometheus-client's ``PROMETHEUS_MULTIPROC_DIR`` is set) each worker's table is a
-memory-mapped file in that folder, ``nnserve-stats-<pid>.bin``, with the keys of its rows
-appended to ``nnserve-stats-<pid>.keys``: the same idea as the multiprocess metrics (one
+memory-mapped file in that folder, ``nnserve-stats-<pid>-<random>.bin``, with the keys of its
+rows appended to the ``.keys`` file of the same name: the same idea as the multiprocess metrics (one
 writer per file, readers sum), at the cost of one numpy row addition per request rather
 than a locked file write per figure. A row is written by its worker's event-loop thread
 only; a reader may see a request half-added (its count before its time), never a lost one.
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -60,7 +61,7 @@ class Statistics:
     """This worker's counters, and the sum over every worker's on read.
 
     ``folder`` None keeps the table in memory (one worker); otherwise it is the file
-    ``nnserve-stats-<pid>.bin`` there, which other workers read.
+    ``nnserve-stats-<pid>-<random>.bin`` there, which other workers read.
     """
 
     def __init__(self, folder: str | Path | None = None) -> None:
@@ -71,9 +72,12 @@ class Statistics:
         if self.folder is None:
             self._table = np.zeros((MAX_ROWS, COLUMNS), dtype=np.int64)
         else:
-            stem = self.folder / f"{FILE_PREFIX}{os.getpid()}"
-            self._table = np.memmap(stem.with_suffix(".bin"), dtype=np.int64, mode="w+",
-                                    shape=(MAX_ROWS, COLUMNS))
+            # A unique name per table: one process may build several applications (tests).
+            handle, name = tempfile.mkstemp(prefix=f"{FILE_PREFIX}{os.getpid()}-",
+                                            suffix=".bin", dir=self.folder)
+            os.close(handle)
+            stem = Path(name)
+            self._table = np.memmap(stem, dtype=np.int64, mode="w+", shape=(MAX_ROWS, COLUMNS))
             self._keys_file = open(stem.with_suffix(".keys"), "a", encoding="ascii")  # noqa: SIM115
 
     # -- writing (the event loop's thread only) -------------------------------------------
