@@ -108,6 +108,12 @@ REPOSITORY_LAST_SUCCESS = Gauge(
     "Unix time of the last successful scan of the model folder.",
     multiprocess_mode="max",
 )
+# Set by each scrape in the worker that answers it; a stopped worker's value is dropped.
+READY = Gauge(
+    "nnserve_ready",
+    "1 when the server takes traffic (GET /ready answers 200), else 0.",
+    multiprocess_mode="livemin",
+)
 # Every worker loads the same folder, so the largest value is the server's.
 MODELS_LOADED = Gauge(
     "nnserve_models_loaded",
