@@ -85,5 +85,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict]:
         yield {READ_TIMEOUT_STATE: settings.read_timeout}
     finally:
         dataplane.close()  # no request left waiting for its batching group
+        provider = getattr(app.state, "tracer_provider", None)
+        if provider is not None:  # export the spans still waiting in the batch processor
+            await to_thread.run_sync(provider.force_flush)
         for signum, previous in replaced.items():
             signal.signal(signum, previous)
