@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import httpx
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -23,9 +24,9 @@ MAX_EXPORT_BYTES = 16 * 1024 * 1024
 class _Receiver(BaseHTTPRequestHandler):
     """POST /v1/traces: keep the request, answer an empty ExportTraceServiceResponse."""
 
-    exports: list[tuple[str, str, bytes]] = []
+    exports: ClassVar[list[tuple[str, str, bytes]]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", "0"))
         assert 0 <= length <= MAX_EXPORT_BYTES
         self.exports.append((self.path, self.headers.get("Content-Type", ""),
