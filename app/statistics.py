@@ -2,13 +2,14 @@
 
 Every figure is kept per (model name, version), and per batch size for executions. A worker
 adds to its own table of int64 counters; a statistics request sums the tables of every
-worker. With one worker the table is plain memory. With ``--workers`` > 1 (where
+worker. With one worker the table is anonymous memory. With ``--workers`` > 1 (where
 prometheus-client's ``PROMETHEUS_MULTIPROC_DIR`` is set) each worker's table is a
-memory-mapped file in that folder, ``nnserve-stats-<pid>-<random>.bin``, with the keys of its
-rows appended to the ``.keys`` file of the same name: the same idea as the multiprocess metrics (one
-writer per file, readers sum), at the cost of one numpy row addition per request rather
-than a locked file write per figure. A row is written by its worker's event-loop thread
-only; a reader may see a request half-added (its count before its time), never a lost one.
+memory-mapped file in that folder, ``nnserve-stats-<pid>-<random>.bin``, with the keys of
+its rows appended to the ``.keys`` file of the same name: the same idea as prometheus-
+client's multiprocess files (one writer per file, readers sum), but an addition is a store
+through a memoryview (tens of nanoseconds) rather than a locked write per figure. A row is
+written by its worker's event-loop thread only; a reader may see a request half-added
+(its count before its time), never a lost one.
 
 Columns of a row (nanoseconds are ``time.perf_counter_ns`` differences):
 
@@ -30,6 +31,7 @@ compute_infer, compute_output (splitting and checking the rows) and execution_co
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import tempfile
 import time
@@ -60,29 +62,37 @@ def _key(name: str, version: str, batch_size: int = 0) -> str:
 class Statistics:
     """This worker's counters, and the sum over every worker's on read.
 
-    ``folder`` None keeps the table in memory (one worker); otherwise it is the file
-    ``nnserve-stats-<pid>-<random>.bin`` there, which other workers read.
+    ``folder`` None keeps the table in anonymous memory (one worker); otherwise it is the
+    file ``nnserve-stats-<pid>-<random>.bin`` there, which other workers read. Figures are
+    written through a memoryview of int64 (about 50 ns an addition, no numpy call per
+    request); reads go through numpy.
     """
 
     def __init__(self, folder: str | Path | None = None) -> None:
         self.folder = Path(folder) if folder else None
-        self._rows: dict[tuple[str, str, int], np.ndarray] = {}
+        self._rows: dict[tuple[str, str, int], int] = {}  # key -> index of its first column
         self._full = False
         self._keys_file = None
+        size = MAX_ROWS * COLUMNS * 8
         if self.folder is None:
-            self._table = np.zeros((MAX_ROWS, COLUMNS), dtype=np.int64)
+            # Anonymous memory: pages are zero until touched, so the bound costs nothing.
+            self._buffer = mmap.mmap(-1, size)
         else:
             # A unique name per table: one process may build several applications (tests).
             handle, name = tempfile.mkstemp(prefix=f"{FILE_PREFIX}{os.getpid()}-",
                                             suffix=".bin", dir=self.folder)
-            os.close(handle)
-            stem = Path(name)
-            self._table = np.memmap(stem, dtype=np.int64, mode="w+", shape=(MAX_ROWS, COLUMNS))
-            self._keys_file = open(stem.with_suffix(".keys"), "a", encoding="ascii")  # noqa: SIM115
+            try:
+                os.ftruncate(handle, size)  # sparse: zero pages until written
+                self._buffer = mmap.mmap(handle, size)
+            finally:
+                os.close(handle)
+            self._keys_file = open(Path(name).with_suffix(".keys"), "a",  # noqa: SIM115
+                                   encoding="ascii")
+        self._table = memoryview(self._buffer).cast("q")
 
     # -- writing (the event loop's thread only) -------------------------------------------
 
-    def _row(self, name: str, version: str, batch_size: int = 0) -> np.ndarray | None:
+    def _row(self, name: str, version: str, batch_size: int = 0) -> int | None:
         key = (name, version, batch_size)
         row = self._rows.get(key)
         if row is None:
@@ -93,7 +103,7 @@ class Statistics:
                     logger.warning("statistics table full (%d rows): new models, versions "
                                    "or batch sizes are no longer counted", MAX_ROWS)
                 return None
-            row = self._rows[key] = self._table[index]
+            row = self._rows[key] = index * COLUMNS
             if self._keys_file is not None:
                 self._keys_file.write(f"{index}\t{_key(*key)}\n")
                 self._keys_file.flush()
@@ -105,17 +115,27 @@ class Statistics:
         row = self._row(name, version)
         if row is None:
             return
-        queued = queue_ns is not None
-        row[:LAST_MS] += (1, total_ns, 0, 0, int(queued), queue_ns or 0, 1, decode_ns, 1,
-                          infer_ns, 1, encode_ns, samples, 0)
-        row[LAST_MS] = time.time_ns() // 1_000_000
+        table = self._table
+        table[row + SUCCESS] += 1
+        table[row + SUCCESS + 1] += total_ns
+        if queue_ns is not None:
+            table[row + QUEUE] += 1
+            table[row + QUEUE + 1] += queue_ns
+        table[row + INPUT] += 1
+        table[row + INPUT + 1] += decode_ns
+        table[row + INFER] += 1
+        table[row + INFER + 1] += infer_ns
+        table[row + OUTPUT] += 1
+        table[row + OUTPUT + 1] += encode_ns
+        table[row + INFERENCES] += samples
+        table[row + LAST_MS] = time.time_ns() // 1_000_000
 
     def failure(self, name: str, version: str, total_ns: int) -> None:
         """Count one request for the model that was refused or failed."""
         row = self._row(name, version)
         if row is not None:
-            row[FAIL] += 1
-            row[FAIL + 1] += total_ns
+            self._table[row + FAIL] += 1
+            self._table[row + FAIL + 1] += total_ns
 
     def execution(self, name: str, version: str, batch_size: int, input_ns: int,
                   infer_ns: int, output_ns: int) -> None:
@@ -124,8 +144,15 @@ class Statistics:
         batch_row = self._row(name, version, batch_size)
         if row is None or batch_row is None:
             return
-        row[EXECUTIONS] += 1
-        batch_row[INPUT:EXECUTIONS + 1] += (1, input_ns, 1, infer_ns, 1, output_ns, 0, 1)
+        table = self._table
+        table[row + EXECUTIONS] += 1
+        table[batch_row + INPUT] += 1
+        table[batch_row + INPUT + 1] += input_ns
+        table[batch_row + INFER] += 1
+        table[batch_row + INFER + 1] += infer_ns
+        table[batch_row + OUTPUT] += 1
+        table[batch_row + OUTPUT + 1] += output_ns
+        table[batch_row + EXECUTIONS] += 1
 
     def close(self) -> None:
         if self._keys_file is not None:
@@ -137,7 +164,8 @@ class Statistics:
     def _tables(self) -> list[tuple[dict[str, int], np.ndarray]]:
         """Every worker's (key -> row index, table); only this one's without a folder."""
         if self.folder is None:
-            return [({_key(*key): index for index, key in enumerate(self._rows)}, self._table)]
+            table = np.frombuffer(self._buffer, dtype=np.int64).reshape(MAX_ROWS, COLUMNS)
+            return [({_key(*key): row // COLUMNS for key, row in self._rows.items()}, table)]
         tables = []
         for keys_path in sorted(self.folder.glob(f"{FILE_PREFIX}*.keys")):
             try:
