@@ -112,6 +112,7 @@ class DataPlane:
             else:
                 decoded = decoder(body, *args)
         except BaseException:
+            timing.decode_ns += time.perf_counter_ns() - start
             self._failed(timing)
             raise
         timing.decode_ns += time.perf_counter_ns() - start
@@ -144,11 +145,12 @@ class DataPlane:
         return probs
 
     def encode(self, encoder: Callable[..., Response], *args) -> Response:
-        """Return ``encoder(*args)``, a protocol's answer, with its Server-Timing header.
+        """Return ``encoder(*args)``, a protocol's answer, timed and counted.
 
         The last hook of a request (after :meth:`decode` and :meth:`infer`): it counts the
-        request in the statistics. A new route that runs a model (explain) calls the three
-        hooks in the same order and gets the same figures.
+        request in the statistics; the request middleware then sends the phases as the
+        Server-Timing header and logs them. A new route that runs a model (explain) calls
+        the three hooks in the same order and gets the same figures.
         """
         timing = current_timing()
         timing.encode_at = start = time.perf_counter_ns()
@@ -166,7 +168,6 @@ class DataPlane:
                                     end - timing.start_ns, timing.decode_ns, timing.queue_ns,
                                     timing.infer_ns, timing.encode_ns)
             metrics.version_metrics(model).response_size.observe(len(response.body))
-        response.raw_headers.append((b"server-timing", timing.server_timing().encode()))
         return response
 
     def _failed(self, timing: RequestTiming) -> None:

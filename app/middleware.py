@@ -108,6 +108,10 @@ class RequestMiddleware:
                 status = message["status"]
                 started = True
                 message["headers"] = [*message.get("headers", ()), header]
+                timing = info["timing"]
+                if timing is not None and timing.decode_at:  # a request that ran a model
+                    message["headers"].append((b"server-timing",
+                                               timing.server_timing().encode()))
             await send(message)
 
         metrics.HTTP_IN_PROGRESS.inc()
@@ -162,7 +166,7 @@ def _log_access(request_id: str, method: str, scope: Scope, route: str, info: di
     model, batch = info["model"], info["batch"]
     timing = info["timing"]
     # The request's phases, as its Server-Timing header gives them (predict, infer, explain).
-    phases = timing.phases_ms() if timing is not None and timing.encode_at else {}
+    phases = timing.phases_ms() if timing is not None and timing.decode_at else {}
     trace_id = info.get("trace_id")
     # A record built here and handed to the logger: Logger.info would also walk the stack
     # to find its caller, a cost paid on every request for a location nobody reads. The

@@ -32,17 +32,24 @@ class RequestTiming:
         self.done = False  # counted in the statistics (as a success or a failure)
 
     def phases_ms(self) -> dict[str, float]:
-        """Return the phases in milliseconds, rounded to microseconds, in request order."""
+        """Return the phases that ran, in milliseconds rounded to microseconds, in order.
+
+        A refused request has only the phases it reached (decode, or decode and infer).
+        """
         phases = {"decode": self.decode_ns}
         if self.queue_ns is not None:
             phases["queue"] = self.queue_ns
-        phases["infer"] = self.infer_ns
-        phases["encode"] = self.encode_ns
+        if self.infer_at:
+            phases["infer"] = self.infer_ns
+        if self.encode_at:
+            phases["encode"] = self.encode_ns
         return {name: round(ns / 1e6, 3) for name, ns in phases.items()}
 
     def server_timing(self) -> str:
         """The W3C Server-Timing header value: ``decode;dur=0.012, infer;dur=0.110, ...``."""
-        # Spelt out rather than built from phases_ms(): this runs on every answer.
+        if not (self.encode_at and self.infer_at):  # a refused request
+            return ", ".join(f"{name};dur={ms:.3f}" for name, ms in self.phases_ms().items())
+        # Spelt out for an answered request: this runs on every one.
         queue = "" if self.queue_ns is None else f"queue;dur={self.queue_ns / 1e6:.3f}, "
         return (f"decode;dur={self.decode_ns / 1e6:.3f}, {queue}"
                 f"infer;dur={self.infer_ns / 1e6:.3f}, encode;dur={self.encode_ns / 1e6:.3f}")

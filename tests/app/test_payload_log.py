@@ -81,3 +81,15 @@ def test_a_zero_sample_rate_is_off(make_client, tmp_path, served_models):
     client = make_client(registry=Registry(served_models.values()),
                          payload_log=str(tmp_path / "p.jsonl"), payload_log_sample_rate=0)
     assert client.app.state.dataplane.payload_log is None
+
+
+def test_each_worker_writes_its_own_file(tmp_path):
+    import os
+
+    from app.config import Settings
+
+    one = PayloadLog.from_settings(Settings(payload_log=str(tmp_path / "p.jsonl")))
+    several = PayloadLog.from_settings(Settings(payload_log=str(tmp_path / "p.jsonl"),
+                                                workers=2))
+    assert one.path == tmp_path / "p.jsonl"
+    assert several.path == tmp_path / f"p.jsonl.{os.getpid()}"

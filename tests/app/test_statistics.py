@@ -199,3 +199,16 @@ def test_versions_are_kept_as_given(tmp_path, version):
     table.success("m", version, 1, 10, 1, None, 1, 1)
     assert table.model_stats([("m", version)])[0]["inference_count"] == 1
     table.close()
+
+
+def test_a_refused_request_times_only_the_phases_it_reached(client, caplog):
+    with caplog.at_level(logging.INFO, logger="nnserve.access"):
+        response = client.post("/v2/models/mlp/infer", json=_v2([[1, 2, 3]], [3]),
+                               headers={"X-Request-ID": "refused-1"})
+        unknown = client.post("/v2/models/nope/infer", json=_v2([ZERO_MLP], [64]))
+    assert response.status_code == 400
+    assert re.fullmatch(r"decode;dur=\d+\.\d{3}", response.headers["server-timing"])
+    (record,) = [r for r in caplog.records if getattr(r, "request_id", None) == "refused-1"]
+    assert record.decode_ms > 0 and not hasattr(record, "infer_ms")
+    # No model ran any hook: nothing to time.
+    assert unknown.status_code == 404 and "server-timing" not in unknown.headers
