@@ -77,6 +77,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict]:
     registry = dataplane.registry
     metrics.MODELS_LOADED.set(len(registry))
     metrics.REPOSITORY_SCAN_SUCCESS.set(1 if len(registry) else 0)
+    # Also set by every scrape; here so a worker that answers none still reports itself.
+    metrics.READY.set(0 if dataplane.not_ready_reason() else 1)
     if len(registry):
         metrics.REPOSITORY_LAST_SUCCESS.set_to_current_time()
     logger.info("serving %d model(s): %s; default %s", len(registry),
@@ -85,6 +87,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict]:
         yield {READ_TIMEOUT_STATE: settings.read_timeout}
     finally:
         dataplane.close()  # no request left waiting for its batching group
+        metrics.READY.set(0)
         provider = getattr(app.state, "tracer_provider", None)
         if provider is not None:  # export the spans still waiting in the batch processor
             await to_thread.run_sync(provider.force_flush)

@@ -92,9 +92,11 @@ MODEL_LOAD_DURATION = Histogram(
     ["model", "version"],
     buckets=LOAD_BUCKETS,
 )
+# Each worker loads the folder itself: with N workers a bad file counts N times (an alert on
+# increase() > 0 is the same either way).
 MODEL_LOAD_FAILURES = Counter(
     "nnserve_model_load_failures_total",
-    "Model files that could not be loaded (invalid, unreadable, or a duplicate name).",
+    "Model file loads that failed (invalid, unreadable, or a duplicate name), in any worker.",
 )
 # A scan lists the model folder and loads it; it succeeds when the folder could be read and
 # at least one model serves. The worst worker's value is the server's.

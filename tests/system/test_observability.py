@@ -5,6 +5,7 @@ promtool comes with Debian's ``prometheus`` package (.ci/run installs it).
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -45,15 +46,16 @@ def _traffic(url: str, digits) -> dict[str, int]:
             **{f"batch_{size}": sizes.count(size) for size in set(sizes)}}
 
 
-def _check_stats(entry: dict, sent: dict[str, int], v2: int) -> None:
+def _check_stats(entry: dict, sent: dict[str, int], extra: int) -> None:
+    """The statistics of ``sent`` plus ``extra`` good batch-1 requests."""
     stats = entry["inference_stats"]
-    assert stats["success"]["count"] == sent["success"] + v2
+    assert stats["success"]["count"] == sent["success"] + extra
     assert stats["fail"]["count"] == sent["fail"]
-    assert entry["inference_count"] == sent["samples"] + v2
-    assert entry["execution_count"] == sent["success"] + v2
+    assert entry["inference_count"] == sent["samples"] + extra
+    assert entry["execution_count"] == sent["success"] + extra
     by_size = {b["batch_size"]: b["compute_infer"]["count"] for b in entry["batch_stats"]}
     expected = {int(key[6:]): count for key, count in sent.items() if key.startswith("batch_")}
-    expected[1] = expected.get(1, 0) + v2
+    expected[1] = expected.get(1, 0) + extra
     assert by_size == expected
     for phase in ("compute_input", "compute_infer", "compute_output"):
         assert stats[phase]["ns"] > 0
@@ -90,7 +92,7 @@ def test_tritonclient_reads_true_statistics_of_one_worker(tmp_path, digits):
         assert _triton_stats(server.url)["model_stats"] == [entry]
         metrics = httpx.get(server.url + "/metrics").text
     assert entry["name"] == "digits-mlp" and entry["version"] == "1.0.0"
-    _check_stats(entry, sent, v2=1)
+    _check_stats(entry, sent, extra=1)
     for name in ("nnserve_model_load_duration_seconds_bucket", "nnserve_model_load_failures_total",
                  "nnserve_inference_response_size_bytes_bucket",
                  "nnserve_model_repository_scan_success"):
@@ -114,7 +116,7 @@ def test_two_workers_answer_the_same_true_statistics_and_valid_metrics(tmp_path,
         # Fresh connections: the kernel hands them to either worker.
         answers = [_triton_stats(server.url)["model_stats"][0] for _ in range(8)]
         for entry in answers:
-            _check_stats(entry, sent, v2=1)
+            _check_stats(entry, sent, extra=1)
         tables = list(shared.glob("nnserve-stats-*.keys"))
         assert len(tables) == 2  # one per worker, both summed by whichever answers
         with_rows = sum(1 for table in tables if table.read_text().strip())
@@ -124,3 +126,5 @@ def test_two_workers_answer_the_same_true_statistics_and_valid_metrics(tmp_path,
     print(f"workers that answered inference requests: {with_rows}")
     assert with_rows >= 1
     assert "nnserve_inference_request_size_bytes_count" in metrics
+    # Every worker reports itself ready, including the one that did not answer the scrape.
+    assert re.search(r"^nnserve_ready 1\.0$", metrics, re.MULTILINE), metrics
