@@ -129,3 +129,14 @@ def test_the_environment_builds_the_provider(monkeypatch):
         assert any(m.cls is telemetry.TracingMiddleware for m in app.user_middleware)
     finally:
         provider.shutdown()
+
+
+def test_without_the_sdk_tracing_stays_off_with_a_warning(monkeypatch, caplog):
+    import sys
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    # None in sys.modules makes the import fail, as when the extra is not installed.
+    monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)
+    with caplog.at_level(logging.WARNING, logger="nnserve"):
+        assert telemetry.provider_from_environment() is None
+    assert "nnserve[otel]" in caplog.text
