@@ -93,6 +93,21 @@ class Settings(BaseSettings):
         description="Folder where the workers share the repository API's unload list; the "
         "launcher sets it for --workers > 1.",
     )
+    payload_log: Path | None = Field(
+        None, description="Payload log: a file for JSON lines of sampled requests' inputs and "
+        "answers (unset: off)."
+    )
+    payload_log_sample_rate: float = Field(
+        1.0, ge=0, le=1, description="Payload log: share of successful requests written."
+    )
+    payload_log_max_bytes: int = Field(
+        64 * MiB, ge=1024, description="Payload log: size at which the file rotates."
+    )
+    payload_log_backups: int = Field(3, ge=1, le=100,
+                                     description="Payload log: rotated files kept.")
+    payload_log_max_record_bytes: int = Field(
+        64 * 1024, ge=512, description="Payload log: a longer line keeps only its metadata."
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -118,7 +133,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("api_key", "admin_key", "default_model", "model_dir", "state_dir",
-                     mode="before")
+                     "payload_log", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # NNSERVE_API_KEY= (empty) in a compose file means "no key", not "the empty key".

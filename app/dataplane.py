@@ -8,21 +8,26 @@ themselves. The dataplane never sees a wire format. Every refusal is a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 from anyio import to_thread
+from starlette.responses import Response
 
-from app import explaining
+from app import explaining, metrics
 from app.config import Settings
 from app.errors import InvalidInputError, ModelNotFoundError
 from app.inference import InferenceRunner
 from app.log import REQUEST_INFO, escape
+from app.payload_log import PayloadLog
 from app.registry import MODEL_NAME, Registry, ServedModel
 from app.reload import Reloader
 from app.repository import Repository, Snapshot
+from app.statistics import Statistics
+from app.timing import RequestTiming, current_timing
 from app.validation import check_batch
 
 # Bodies larger than this are decoded in a worker thread (see DataPlane.decode): a batch-1
@@ -43,7 +48,11 @@ class DataPlane:
     def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
         self.settings = settings
         self.registry = registry if registry is not None else Registry()
-        self.runner = InferenceRunner(settings.batch_max_size, settings.batch_max_delay_ms)
+        # Shared files with several workers, where prometheus-client keeps its own.
+        self.statistics = Statistics(metrics.multiprocess_dir())
+        self.payload_log = PayloadLog.from_settings(settings)
+        self.runner = InferenceRunner(settings.batch_max_size, settings.batch_max_delay_ms,
+                                      self.statistics)
         self.max_batch = settings.max_batch
         self.draining = False
 
@@ -91,7 +100,10 @@ class DataPlane:
         (the same version for the same ``routing_key``, random without one), else the
         default version. Raises :class:`ModelNotFoundError` naming the known versions.
         """
-        return self.repository.resolve(name, version, routing_key)
+        model = self.repository.resolve(name, version, routing_key)
+        # The request's statistics (a failure from here on) are this model's.
+        current_timing().model = model
+        return model
 
     def models(self) -> list[ServedModel]:
         """Return every loaded model at its default version, sorted by name."""
@@ -142,26 +154,51 @@ class DataPlane:
         checks and small requests keep being served meanwhile. A small one is decoded
         inline, cheaper than the thread hop.
         """
-        if len(body) > INLINE_BODY_BYTES:
-            return await to_thread.run_sync(decoder, body, *args)
-        return decoder(body, *args)
+        timing = current_timing()
+        timing.decode_at = start = time.perf_counter_ns()
+        try:
+            if len(body) > INLINE_BODY_BYTES:
+                decoded = await to_thread.run_sync(decoder, body, *args)
+            else:
+                decoded = decoder(body, *args)
+        except BaseException:
+            timing.decode_ns += time.perf_counter_ns() - start
+            self._failed(timing)
+            raise
+        timing.decode_ns += time.perf_counter_ns() - start
+        if timing.model is not None:
+            metrics.version_metrics(timing.model).request_size.observe(len(body))
+        return decoded
 
     async def infer(self, model: ServedModel, batch: np.ndarray) -> np.ndarray:
         """Return float32 probabilities ``(n, n_classes)`` for a numeric batch.
 
         ``batch`` has shape ``(n, *input_shape)`` or ``(n, input_size)`` and any real dtype;
         it is checked (size, shape, finite, float32 range) and converted here, so every
-        protocol refuses the same inputs with the same words.
+        protocol refuses the same inputs with the same words. The check counts as decoding
+        in the request's timing; the forward pass (and the wait for a batching group) as
+        infer (and queue).
         """
-        checked = check_batch(batch, model, self.max_batch)
+        timing = current_timing()
+        timing.model = model
+        start = time.perf_counter_ns()
         # Counted so that a version leaving the repository is reported unloaded only once
         # the requests running on it are done.
         repository = self.repository
         repository.acquire(model)
         try:
-            return await self.runner.predict_proba(model, checked)
+            checked = check_batch(batch, model, self.max_batch)
+            timing.decode_ns += time.perf_counter_ns() - start
+            probs = await self.runner.predict_proba(model, checked, timing)
+        except BaseException:
+            self._failed(timing)
+            raise
         finally:
             repository.release(model)
+        timing.samples = len(checked)
+        if self.payload_log is not None:
+            self.payload_log.record(model, checked, probs)
+        return probs
 
     async def explain(self, model: ServedModel, batch: np.ndarray, *, method: str,
                       target: int | str | None = None, steps: int | None = None,
@@ -172,27 +209,76 @@ class DataPlane:
         (:func:`app.explaining.check_request`: method, steps, baseline, at most
         ``NNSERVE_EXPLAIN_MAX_WORK`` gradient evaluations); large work runs in a worker thread.
         """
-        batch = check_batch(batch, model, self.max_batch)
-        index = explaining.target_index(model, target)
-        steps = explaining.check_request(model, len(batch), method, steps, baseline,
-                                         self.settings.explain_max_work)
-        info = REQUEST_INFO.get()
-        if info is not None:
-            info["model"], info["batch"] = model.name, len(batch)
+        timing = current_timing()
+        timing.model = model
+        start = time.perf_counter_ns()
         repository = self.repository
         repository.acquire(model)  # as infer does: a leaving version waits for this too
         try:
+            batch = check_batch(batch, model, self.max_batch)
+            index = explaining.target_index(model, target)
+            steps = explaining.check_request(model, len(batch), method, steps, baseline,
+                                             self.settings.explain_max_work)
+            info = REQUEST_INFO.get()
+            if info is not None:
+                info["model"], info["batch"] = model.name, len(batch)
+            # The forward and backward passes are the explanation's "infer" phase.
+            timing.infer_at = time.perf_counter_ns()
+            timing.decode_ns += timing.infer_at - start
             if explaining.elements(model, len(batch), steps) > explaining.INLINE_MAX_ELEMENTS:
-                return await to_thread.run_sync(explaining.explain, model, batch, method,
-                                                index, steps, baseline)
-            return explaining.explain(model, batch, method, index, steps, baseline)
+                explanation = await to_thread.run_sync(explaining.explain, model, batch,
+                                                       method, index, steps, baseline)
+            else:
+                explanation = explaining.explain(model, batch, method, index, steps, baseline)
+            timing.infer_ns = time.perf_counter_ns() - timing.infer_at
+        except BaseException:
+            self._failed(timing)
+            raise
         finally:
             repository.release(model)
+        timing.samples = len(batch)
+        return explanation
+
+    def encode(self, encoder: Callable[..., Response], *args) -> Response:
+        """Return ``encoder(*args)``, a protocol's answer, timed and counted.
+
+        The last hook of a request (after :meth:`decode` and :meth:`infer`): it counts the
+        request in the statistics; the request middleware then sends the phases as the
+        Server-Timing header and logs them. A new route that runs a model (explain) calls
+        the three hooks in the same order and gets the same figures.
+        """
+        timing = current_timing()
+        timing.encode_at = start = time.perf_counter_ns()
+        try:
+            response = encoder(*args)
+        except BaseException:
+            self._failed(timing)
+            raise
+        end = time.perf_counter_ns()
+        timing.encode_ns = end - start
+        model = timing.model
+        if model is not None and not timing.done:
+            timing.done = True
+            self.statistics.success(model.name, model.version, timing.samples,
+                                    end - timing.start_ns, timing.decode_ns, timing.queue_ns,
+                                    timing.infer_ns, timing.encode_ns)
+            metrics.version_metrics(model).response_size.observe(len(response.body))
+        return response
+
+    def _failed(self, timing: RequestTiming) -> None:
+        """Count a request whose model is known as failed (once)."""
+        model = timing.model
+        if model is not None and not timing.done:
+            timing.done = True
+            self.statistics.failure(model.name, model.version,
+                                    time.perf_counter_ns() - timing.start_ns)
 
     def close(self) -> None:
         """Stop taking traffic and run every request still waiting for its group."""
         self.draining = True
         self.runner.flush()
+        if self.payload_log is not None:
+            self.payload_log.close()
 
 
 def _check_name(name: str) -> None:

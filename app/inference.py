@@ -20,6 +20,8 @@ from app import metrics
 from app.errors import InferenceError
 from app.log import REQUEST_INFO
 from app.registry import ServedModel
+from app.statistics import Statistics
+from app.timing import RequestTiming
 
 # A forward pass of these networks costs microseconds per sample: running a small batch
 # inline is cheaper than a thread hop. Past this many numbers the batch goes to a worker
@@ -73,19 +75,23 @@ class Batcher:
     """
 
     def __init__(self, model: ServedModel, loop: asyncio.AbstractEventLoop,
-                 max_size: int, max_delay: float) -> None:
+                 max_size: int, max_delay: float, statistics: Statistics | None = None
+                 ) -> None:
         self.model, self.loop = model, loop
         self.max_size, self.max_delay = max_size, max_delay
-        self.pending: list[tuple[np.ndarray, asyncio.Future]] = []
+        self.statistics = statistics
+        # (batch, its future, when it was queued in perf_counter_ns, its request's timing)
+        self.pending: list[tuple[np.ndarray, asyncio.Future, int, RequestTiming | None]] = []
         self.rows = 0
         self.timer: asyncio.TimerHandle | None = None
 
-    def submit(self, batch: np.ndarray) -> asyncio.Future:
-        """Queue ``batch``; the future gets its probabilities (or its InferenceError)."""
+    def submit(self, batch: np.ndarray, timing: RequestTiming | None = None) -> asyncio.Future:
+        """Queue ``batch``; the future gets its probabilities (or its InferenceError), and
+        ``timing`` the ns it waited and the ns of its forward pass."""
         if self.pending and self.rows + len(batch) > self.max_size:
             self.flush()
         future = self.loop.create_future()
-        self.pending.append((batch, future))
+        self.pending.append((batch, future, time.perf_counter_ns(), timing))
         self.rows += len(batch)
         if self.rows >= self.max_size:
             self.flush()
@@ -100,7 +106,7 @@ class Batcher:
             self.timer = None
         group, self.pending, self.rows = self.pending, [], 0
         if group:
-            _run_group(self.model, group)
+            _run_group(self.model, group, self.statistics)
 
 
 def _settle(future: asyncio.Future, result=None, error: BaseException | None = None) -> None:
@@ -112,36 +118,52 @@ def _settle(future: asyncio.Future, result=None, error: BaseException | None = N
         future.set_result(result)
 
 
-def _run_group(model: ServedModel, group: list[tuple[np.ndarray, asyncio.Future]]) -> None:
+def _run_group(model: ServedModel,
+               group: list[tuple[np.ndarray, asyncio.Future, int, RequestTiming | None]],
+               statistics: Statistics | None) -> None:
     count, latency, batch_size, errors = metrics.model_metrics(model.name, model.version)
-    start = time.perf_counter()
+    start = time.perf_counter_ns()
     merged = None
     if len(group) > 1:
         try:
-            merged = _forward(model, np.concatenate([batch for batch, _ in group]))
+            rows = np.concatenate([batch for batch, *_ in group])
+            assembled = time.perf_counter_ns()
+            merged = _forward(model, rows)
+            forwarded = time.perf_counter_ns()
         except Exception:  # each request then runs alone, and fails alone
             merged = None
     offset = 0
-    for batch, future in group:
+    for batch, future, queued, timing in group:
         try:
             if merged is not None:
                 probs = _check_finite(model, merged[offset:offset + len(batch)])
+                forward_ns = forwarded - assembled
             else:
+                alone = time.perf_counter_ns()
                 probs = _run(model, batch)
+                forward_ns = time.perf_counter_ns() - alone
                 count.inc()
                 batch_size.observe(len(batch))
+                if statistics is not None:
+                    statistics.execution(model.name, model.version, len(batch), 0,
+                                         forward_ns, 0)
         except InferenceError as exc:
             errors.inc()
             _settle(future, error=exc)
         except Exception as exc:  # the request's own, raised in its handler
             _settle(future, error=exc)
         else:
+            if timing is not None:
+                timing.queue_ns, timing.infer_ns = start - queued, forward_ns
             _settle(future, probs)
         offset += len(batch)
     if merged is not None:
         count.inc()
         batch_size.observe(len(merged))
-    latency.observe(time.perf_counter() - start)
+        if statistics is not None:
+            statistics.execution(model.name, model.version, len(merged), assembled - start,
+                             forwarded - assembled, time.perf_counter_ns() - forwarded)
+    latency.observe((time.perf_counter_ns() - start) / 1e9)
 
 
 class InferenceRunner:
@@ -152,7 +174,9 @@ class InferenceRunner:
     applications in one process (tests, or an embedding program) never share them.
     """
 
-    def __init__(self, max_batch_size: int = 1, max_delay_ms: float = 0.0) -> None:
+    def __init__(self, max_batch_size: int = 1, max_delay_ms: float = 0.0,
+                 statistics: Statistics | None = None) -> None:
+        self.statistics = statistics if statistics is not None else Statistics()
         self.max_batch_size = max(1, int(max_batch_size))
         self.max_delay = max(0.0, float(max_delay_ms)) / 1000  # seconds
         self.batching = self.max_batch_size > 1 and self.max_delay > 0
@@ -163,7 +187,7 @@ class InferenceRunner:
         batcher = self._batchers.get(id(model))
         if batcher is None or batcher.model is not model or batcher.loop is not loop:
             batcher = self._batchers[id(model)] = Batcher(model, loop, self.max_batch_size,
-                                                          self.max_delay)
+                                                          self.max_delay, self.statistics)
         return batcher
 
     def flush(self) -> None:
@@ -174,22 +198,29 @@ class InferenceRunner:
             else:
                 batcher.flush()
 
-    async def predict_proba(self, model: ServedModel, batch: np.ndarray) -> np.ndarray:
+    async def predict_proba(self, model: ServedModel, batch: np.ndarray,
+                            timing: RequestTiming | None = None) -> np.ndarray:
         """Return float32 class probabilities, shape ``(n, n_classes)``, for a checked batch.
 
         A LogSoftmax head's output is exponentiated, so every row sums to 1 whatever the
         head. Raises :class:`~app.errors.InferenceError` instead of ever returning NaN or
-        infinity.
+        infinity. ``timing`` gets the ns of the forward pass (and of the wait in a group).
         """
         info = REQUEST_INFO.get()
         if info is not None:
             info["model"] = model.name
             info["batch"] = len(batch)
+        if timing is not None:
+            timing.infer_at = time.perf_counter_ns()
         if (self.batching and len(batch) < self.max_batch_size
                 and batch.size <= INLINE_MAX_ELEMENTS):
-            return await self._batcher(model).submit(batch)
+            if timing is None:
+                return await self._batcher(model).submit(batch)
+            probs = await self._batcher(model).submit(batch, timing)
+            metrics.version_metrics(model).queue_duration.observe(timing.queue_ns / 1e9)
+            return probs
         count, latency, batch_size, errors = metrics.model_metrics(model.name, model.version)
-        start = time.perf_counter()
+        start = time.perf_counter_ns()
         try:
             if batch.size > INLINE_MAX_ELEMENTS:
                 probs = await to_thread.run_sync(_run, model, batch)
@@ -199,7 +230,12 @@ class InferenceRunner:
             errors.inc()
             raise
         finally:
-            latency.observe(time.perf_counter() - start)
+            forward_ns = time.perf_counter_ns() - start
+            latency.observe(forward_ns / 1e9)
             count.inc()
             batch_size.observe(len(batch))
+        # The check of the rows is part of the forward pass here (compute_output 0).
+        self.statistics.execution(model.name, model.version, len(batch), 0, forward_ns, 0)
+        if timing is not None:
+            timing.infer_ns = forward_ns
         return probs

@@ -10,6 +10,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from anyio import to_thread
 from fastapi import FastAPI
 
 from app import log, metrics
@@ -79,6 +80,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict]:
         reloader.start_polling()
     registry = dataplane.registry
     metrics.MODELS_LOADED.set(len(registry))
+    metrics.REPOSITORY_SCAN_SUCCESS.set(1 if len(registry) else 0)
+    # Also set by every scrape; here so a worker that answers none still reports itself.
+    metrics.READY.set(0 if dataplane.not_ready_reason() else 1)
+    if len(registry):
+        metrics.REPOSITORY_LAST_SUCCESS.set_to_current_time()
     logger.info("serving %d model(s): %s; default %s", len(registry),
                 ", ".join(registry.names()) or "none", registry.default)
     try:
@@ -87,5 +93,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict]:
         if reloader is not None:
             reloader.stop()
         dataplane.close()  # no request left waiting for its batching group
+        metrics.READY.set(0)
+        provider = getattr(app.state, "tracer_provider", None)
+        if provider is not None:  # export the spans still waiting in the batch processor
+            await to_thread.run_sync(provider.force_flush)
         for signum, previous in replaced.items():
             signal.signal(signum, previous)

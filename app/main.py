@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from importlib import metadata
+from typing import Any
 
 from fastapi import Depends, FastAPI, params
 from fastapi.middleware.cors import CORSMiddleware
@@ -19,7 +20,7 @@ from fastapi.openapi.docs import (
 )
 from fastapi.responses import HTMLResponse
 
-from app import ui
+from app import telemetry, ui
 from app.api import explain, health, native, security, v2
 from app.api.errors import install_handlers
 from app.api.v2 import repository as v2_repository
@@ -81,12 +82,15 @@ def _version() -> str:
 
 
 def create_app(settings: Settings | None = None, *, registry: Registry | None = None,
-               dependencies: Sequence[params.Depends] = ()) -> FastAPI:
+               dependencies: Sequence[params.Depends] = (),
+               tracer_provider: Any | None = None) -> FastAPI:
     """Build the service; models load from ``settings.model_dir`` when it starts.
 
     ``settings`` defaults to the ``NNSERVE_*`` environment. ``registry`` serves
     already-loaded models instead of the folder (tests use it). ``dependencies`` are
     FastAPI dependencies run before every route, e.g. an embedding program's own auth.
+    ``tracer_provider`` (an OpenTelemetry SDK TracerProvider) traces inference requests;
+    without one, the OTEL_* environment decides (:mod:`app.telemetry`).
     """
     settings = settings or Settings()
     app = FastAPI(
@@ -111,6 +115,8 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     app.state.admin_key = settings.admin_key.encode() if settings.admin_key else None
     app.state.dataplane = DataPlane(settings, registry)
     app.state.load_models = registry is None
+    # Decided once: without a provider no tracing code runs per request.
+    app.state.tracer_provider = tracer_provider or telemetry.provider_from_environment()
 
     # The routes that run a model check the API key when one is set; without one there is
     # nothing to check, and no dependency to solve on every request.
@@ -138,6 +144,9 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
                            "Inference-Header-Content-Length"],
             expose_headers=["X-Request-ID"],
         )
+    if app.state.tracer_provider is not None:
+        # Inside the request middleware, which logs the trace id this one sets.
+        app.add_middleware(telemetry.TracingMiddleware, provider=app.state.tracer_provider)
     # The OpenAPI document is a plain Starlette route, without a route template.
     plain_routes = frozenset(filter(None, (app.openapi_url,)))
     app.add_middleware(RequestMiddleware, max_body_bytes=settings.max_body_bytes,

@@ -8,6 +8,7 @@ before the workers start; prometheus-client then keeps every value in files ther
 from __future__ import annotations
 
 import os
+from typing import Any, NamedTuple
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -84,6 +85,44 @@ EXPLANATION_LATENCY = Histogram(
     ["model"],
     buckets=LATENCY_BUCKETS,
 )
+SIZE_BUCKETS = tuple(2.0 ** power for power in range(6, 25, 2))  # 64 B .. 16 MiB
+LOAD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+INFERENCE_QUEUE = Histogram(
+    "nnserve_inference_queue_duration_seconds",
+    "Time a request waited for its adaptive-batching group to run, by model and version.",
+    ["model", "version"],
+    buckets=LATENCY_BUCKETS,
+)
+INFERENCE_REQUEST_SIZE = Histogram(
+    "nnserve_inference_request_size_bytes",
+    "Body size of inference requests that named a loaded model, by model and version.",
+    ["model", "version"],
+    buckets=SIZE_BUCKETS,
+)
+INFERENCE_RESPONSE_SIZE = Histogram(
+    "nnserve_inference_response_size_bytes",
+    "Body size of successful inference answers, by model and version.",
+    ["model", "version"],
+    buckets=SIZE_BUCKETS,
+)
+# A scan lists the model folder and loads it; it succeeds when the folder could be read and
+# at least one model serves. The worst worker's value is the server's.
+REPOSITORY_SCAN_SUCCESS = Gauge(
+    "nnserve_model_repository_scan_success",
+    "1 when the last scan of the model folder served at least one model, else 0.",
+    multiprocess_mode="min",
+)
+REPOSITORY_LAST_SUCCESS = Gauge(
+    "nnserve_model_repository_last_success_timestamp_seconds",
+    "Unix time of the last successful scan of the model folder.",
+    multiprocess_mode="max",
+)
+# Set by each scrape in the worker that answers it; a stopped worker's value is dropped.
+READY = Gauge(
+    "nnserve_ready",
+    "1 when the server takes traffic (GET /ready answers 200), else 0.",
+    multiprocess_mode="livemin",
+)
 # Every worker loads the same folder, so the largest value is the server's.
 MODELS_LOADED = Gauge(
     "nnserve_models_loaded",
@@ -99,7 +138,7 @@ MODEL_RELOADS = Counter(
 MODEL_LOAD_SECONDS = Histogram(
     "nnserve_model_load_duration_seconds",
     "Time to read and fully validate one model file.",
-    buckets=LATENCY_BUCKETS,
+    buckets=LOAD_BUCKETS,
 )
 ROUTING_REFUSED = Counter(
     "nnserve_routing_refused_total",
@@ -120,6 +159,15 @@ _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 # model names), so the caches are too.
 _http_children: dict[tuple[str, str, int], tuple] = {}
 _model_children: dict[tuple[str, str], tuple] = {}
+_version_children: dict[tuple[str, str], VersionMetrics] = {}
+
+
+class VersionMetrics(NamedTuple):
+    """The labelled children of one model version's metrics."""
+
+    queue_duration: Any
+    request_size: Any
+    response_size: Any
 
 
 def http_request(method: str, route: str, status: int, seconds: float) -> None:
@@ -161,6 +209,20 @@ def scanned(models: int, started: float) -> None:
     """Record a completed folder scan: when it started and the number of models it serves."""
     LAST_SCAN.set(started)
     MODELS_LOADED.set(models)
+    REPOSITORY_SCAN_SUCCESS.set(1 if models else 0)
+    if models:
+        REPOSITORY_LAST_SUCCESS.set_to_current_time()
+
+
+def version_metrics(model) -> VersionMetrics:
+    """Return the metrics of a :class:`~app.registry.ServedModel`'s (name, version)."""
+    key = (model.name, model.version)
+    children = _version_children.get(key)
+    if children is None:
+        children = _version_children[key] = VersionMetrics(
+            INFERENCE_QUEUE.labels(*key), INFERENCE_REQUEST_SIZE.labels(*key),
+            INFERENCE_RESPONSE_SIZE.labels(*key))
+    return children
 
 
 def multiprocess_dir() -> str | None:

@@ -136,7 +136,7 @@ async def _explain(request: Request, path_name: str | None,
     explanation = await dataplane.explain(model, batch, method=payload.method,
                                           target=payload.target, steps=payload.steps,
                                           baseline=baseline)
-    return _answer(model, explanation)
+    return dataplane.encode(_answer, model, explanation)
 
 
 async def explain(request: Request) -> Response:

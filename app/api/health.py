@@ -46,8 +46,10 @@ async def ready(request: Request) -> Response | dict:
     return {"status": "ready", "models": dataplane.registry.names()}
 
 
-async def prometheus_metrics() -> Response:
+async def prometheus_metrics(request: Request) -> Response:
     """Return every metric in Prometheus' text exposition format."""
+    # Readiness as of this scrape (what /ready would answer), for the not-ready alert.
+    metrics.READY.set(0 if request.app.state.dataplane.not_ready_reason() else 1)
     body, content_type = metrics.render()
     return Response(body, media_type=content_type)
 

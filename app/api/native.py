@@ -351,7 +351,7 @@ async def _predict(request: Request, path_name: str | None,
                                                  path_version, headers.get(ROUTING_HEADER),
                                                  dataplane)
     probs = await dataplane.infer(model, batch)
-    return _answer(model, probs, top_k)
+    return dataplane.encode(_answer, model, probs, top_k)
 
 
 _PREDICT_DOC = dict(

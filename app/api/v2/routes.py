@@ -20,13 +20,13 @@ from starlette.datastructures import Headers
 
 from app import errors
 from app.api.routing import ProtocolRoute
-from app.api.v2 import codec, schemas
+from app.api.v2 import codec, schemas, stats
 from app.dataplane import DataPlane
 from app.registry import ServedModel
 
 TAGS = ["Open Inference Protocol (V2)"]
 SERVER_NAME = "nnserve"
-EXTENSIONS = ("binary_tensor_data", "model_repository")
+EXTENSIONS = ("binary_tensor_data", "model_repository", "statistics")
 PLATFORM = "nnlib"
 # The same headers as the native API's (app.api.native): routing key in, version out.
 ROUTING_HEADER = "x-routing-key"
@@ -159,6 +159,11 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         probabilities = await dataplane.infer(model, tensor)
     except errors.InvalidInputError as exc:
         raise errors.InvalidInputError(f"input {codec.INPUT_NAME!r}: {exc}") from None
+    return dataplane.encode(_encode, model, request_id, outputs, probabilities)
+
+
+def _encode(model: ServedModel, request_id: str | None, outputs: list[codec.RequestedOutput],
+            probabilities: np.ndarray) -> Response:
     body, header_length = codec.encode_response(
         model.name, model.version, request_id,
         [(output, probabilities) for output in outputs])
@@ -227,6 +232,8 @@ def add_routes(app: FastAPI, guards: Sequence[params.Depends] = ()) -> None:
     add("/v2", server_metadata, response_model=schemas.ServerMetadata)
     add("/v2/health/live", server_live)
     add("/v2/health/ready", server_ready, responses=_errors(503))
+    # Before /v2/models/{name}, which would take "stats" for a model name.
+    stats.add_routes(add)
     for suffix, endpoint, extra in (("", model_metadata, {"response_model":
                                                           schemas.ModelMetadata}),
                                     ("/ready", model_ready, {})):
