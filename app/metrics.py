@@ -137,7 +137,8 @@ MODEL_RELOADS = Counter(
 )
 MODEL_LOAD_SECONDS = Histogram(
     "nnserve_model_load_duration_seconds",
-    "Time to read and fully validate one model file.",
+    "Time to read and fully validate one model file, by model and version.",
+    ["model", "version"],
     buckets=LOAD_BUCKETS,
 )
 ROUTING_REFUSED = Counter(
@@ -198,11 +199,11 @@ def model_metrics(model: str, version: str = "") -> tuple:
     return children
 
 
-def model_reload(model: str, success: bool, seconds: float) -> None:
-    """Count one model file loaded (or refused) by a scan, and its load time."""
+def model_reload(model: str, success: bool, seconds: float, version: str = "") -> None:
+    """Count one model file loaded (or refused) by a scan, and a loaded version's load time."""
     MODEL_RELOADS.labels(model, "success" if success else "failure").inc()
     if success:
-        MODEL_LOAD_SECONDS.observe(seconds)
+        MODEL_LOAD_SECONDS.labels(model, version).observe(seconds)
 
 
 def scanned(models: int, started: float) -> None:

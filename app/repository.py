@@ -293,7 +293,7 @@ class Repository:
             del self._loading[relative]
         label = model.name if model else (last_good.name if last_good else _guess_name(relative))
         if model is not None:
-            metrics.model_reload(label, True, time.perf_counter() - start)
+            metrics.model_reload(label, True, time.perf_counter() - start, model.version)
             logger.info("loaded model %s version %s from %s (input %s, %d classes, %s)",
                         model.name, escape(model.version), escape(relative),
                         list(model.input_shape), model.n_classes, model.output)

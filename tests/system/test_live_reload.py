@@ -145,7 +145,9 @@ def test_reload_under_load_fails_no_request(tmp_path, workers):
     def change(versions: set[str], action) -> float:
         started = time.time()
         action()
-        changes.append((started, converge(server.url, started), versions))
+        # A scan that began before the action ended may have missed it (a poll between
+        # the rename and the answer of an unload call): wait for one that began after.
+        changes.append((started, converge(server.url, time.time()), versions))
         return started
 
     with run_server(tmp_path, "--workers", str(workers), env=env) as server, \
