@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import uvicorn
+from prometheus_client import multiprocess
 from pydantic import ValidationError
 from uvicorn.supervisors import Multiprocess
 
@@ -132,6 +133,15 @@ class ForwardingSupervisor(Multiprocess):
                 except OSError:
                     continue  # gone meanwhile: its replacement scans when it starts
         logger.info("SIGHUP: %d worker(s) rescan the model folder", forwarded)
+
+    def keep_subprocess_alive(self) -> None:
+        before = {process.pid for process in self.processes}
+        super().keep_subprocess_alive()  # replaces every worker that died
+        for pid in before - {process.pid for process in self.processes}:
+            # A dead worker's values must leave the "live" gauges (requests in progress,
+            # the oldest last scan): prometheus-client keeps its files until told.
+            multiprocess.mark_process_dead(pid)
+            (self.state_dir / f"ready-{pid}").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

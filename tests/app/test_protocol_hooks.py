@@ -91,3 +91,22 @@ def test_the_installed_version_is_within_the_pin(package):
     installed = tuple(map(int, metadata.version(package).split(".")[:2]))
     assert low[:2] <= installed < high, f"{package} {installed} is outside {pin.group(0)}"
     assert Path(httptools_impl.__file__).is_file()
+
+
+@pytest.mark.parametrize("name", ["handle_hup", "keep_subprocess_alive"])
+def test_the_supervisor_hooks_exist_without_parameters(name):
+    """``app.__main__.ForwardingSupervisor`` overrides these of uvicorn's Multiprocess."""
+    from uvicorn.supervisors import Multiprocess
+
+    method = getattr(Multiprocess, name, None)
+    assert callable(method), f"uvicorn's Multiprocess has no {name}()"
+    assert list(inspect.signature(method).parameters) == ["self"], name
+
+
+def test_the_supervisor_keeps_its_workers_in_processes():
+    from uvicorn.supervisors import Multiprocess
+
+    source = inspect.getsource(Multiprocess)
+    # Read by ForwardingSupervisor: the worker list, each with a pid, replaced in place.
+    assert "self.processes[idx] = process" in source
+    assert "def pid(self)" in source

@@ -18,6 +18,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -254,6 +255,40 @@ def test_sighup_alone_reloads_every_worker(tmp_path, workers):
         assert server.stop() == 0
     # A rescan in place, not uvicorn's own answer to SIGHUP (a restart of every worker).
     assert server.log().count("Started server process") == workers, server.log()
+
+
+def _worker_pids(launcher: int) -> list[int]:
+    """The uvicorn workers the launcher started (multiprocessing's spawned children)."""
+    children = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
+    return [int(pid) for pid in children
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+@pytest.mark.timeout(300)
+def test_a_replaced_worker_leaves_the_oldest_scan_gauge(tmp_path):
+    """A worker that dies is replaced; its last scan stops holding the server's oldest."""
+    folder = tmp_path / "models"
+    save_version(folder / "mlp.joblib", "1")
+    env = server_env(model_dir=folder, poll_interval="0")
+    with run_server(tmp_path, "--workers", "2", env=env) as server:
+        deadline = time.monotonic() + 60
+        while server.log().count("Application startup complete") < 2:
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.05)
+        workers = _worker_pids(server.process.pid)
+        assert len(workers) == 2, workers
+        killed = time.time()
+        os.kill(workers[0], signal.SIGKILL)
+        # The live worker scanned before the kill: only a rescan makes the server's oldest
+        # scan newer, and only if the dead worker's stale value no longer counts.
+        while server.log().count("Application startup complete") < 3:
+            assert time.monotonic() < deadline + 60, server.log()
+            time.sleep(0.05)
+        server.process.send_signal(signal.SIGHUP)
+        converge(server.url, killed)
+        response = httpx.post(server.url + "/models/mlp/predict", timeout=30,
+                              json={"inputs": [ZERO_MLP]})
+        assert response.status_code == 200
 
 
 @pytest.mark.timeout(300)
