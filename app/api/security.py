@@ -1,4 +1,4 @@
-"""The API key check: a FastAPI dependency of every route that runs a model."""
+"""The key checks: FastAPI dependencies of the routes that run a model or change the models."""
 
 from __future__ import annotations
 
@@ -12,26 +12,33 @@ from app.errors import ForbiddenError, UnauthorizedError
 SCHEME = "bearerAuth"
 
 
-async def require_api_key(request: Request) -> None:
-    """Refuse the request unless it carries ``Authorization: Bearer <key>``.
+def _check_bearer(request: Request, key: bytes, what: str) -> None:
+    """Raise :class:`UnauthorizedError` unless ``Authorization: Bearer <key>`` was sent.
 
-    Does nothing when ``NNSERVE_API_KEY`` is unset. The key is compared as UTF-8 bytes with
-    the header's bytes as sent (HTTP headers are bytes; Starlette hands them over decoded
-    as latin-1, which maps each byte to one character and back), so a non-ASCII key
-    matches when the client sends it in UTF-8, the way curl, httpx and browsers do.
+    The key is compared as UTF-8 bytes with the header's bytes as sent (HTTP headers are
+    bytes; Starlette hands them over decoded as latin-1, which maps each byte to one
+    character and back), so a non-ASCII key matches when the client sends it in UTF-8, the
+    way curl, httpx and browsers do.
     """
-    key: bytes | None = request.app.state.api_key
-    if key is None:
-        return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     token = token.strip(" \t")
     if scheme.lower() != "bearer" or not token:
-        raise UnauthorizedError("missing API key: send 'Authorization: Bearer <key>'",
-                           headers={"WWW-Authenticate": "Bearer"})
+        raise UnauthorizedError(f"missing {what}: send 'Authorization: Bearer <{what}>'",
+                                headers={"WWW-Authenticate": "Bearer"})
     # compare_digest takes time independent of where the strings differ.
     if not hmac.compare_digest(token.encode("latin-1"), key):
-        raise UnauthorizedError("invalid API key",
-                           headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        raise UnauthorizedError(f"invalid {what}",
+                                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+async def require_api_key(request: Request) -> None:
+    """Refuse the request unless it carries ``Authorization: Bearer <key>``.
+
+    Does nothing when ``NNSERVE_API_KEY`` is unset.
+    """
+    key: bytes | None = request.app.state.api_key
+    if key is not None:
+        _check_bearer(request, key, "API key")
 
 
 async def require_admin_key(request: Request) -> None:
@@ -45,11 +52,4 @@ async def require_admin_key(request: Request) -> None:
         raise ForbiddenError("the repository API's load and unload are off: start the server "
                              "with NNSERVE_ADMIN_KEY set and send 'Authorization: Bearer "
                              "<admin key>'")
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip(" \t")
-    if scheme.lower() != "bearer" or not token:
-        raise UnauthorizedError("missing admin key: send 'Authorization: Bearer <admin key>'",
-                                headers={"WWW-Authenticate": "Bearer"})
-    if not hmac.compare_digest(token.encode("latin-1"), key):
-        raise UnauthorizedError("invalid admin key",
-                                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    _check_bearer(request, key, "admin key")
