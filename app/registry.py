@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -105,57 +104,6 @@ class Registry:
         if PREFERRED_DEFAULT in self._models:
             return PREFERRED_DEFAULT
         return next(iter(self._models), None)
-
-    @classmethod
-    def from_dir(cls, path: str | Path, default: str | None = None,
-                 stop: Callable[[], bool] = lambda: False) -> Registry:
-        """Load every ``*.joblib`` of ``path``; log and skip the files that do not load.
-
-        ``stop()`` is asked before each file: once it is true (SIGTERM during start-up) the
-        rest is left unloaded. One load is bounded by nnlib.Limits (well under a second),
-        so the wait for a stop is too.
-        """
-        folder = Path(path)
-        models: list[ServedModel] = []
-        try:
-            # listdir, not glob: glob would hide an unreadable folder as an empty one.
-            names = sorted(name for name in os.listdir(folder) if name.endswith(".joblib"))
-        except FileNotFoundError:
-            logger.error("model folder %s does not exist; no model is served", folder)
-            return cls(default=default)
-        except NotADirectoryError:
-            logger.error("model folder %s is not a directory; no model is served", folder)
-            return cls(default=default)
-        except OSError as exc:
-            logger.error("cannot list model folder %s (%s); no model is served", folder,
-                         exc.strerror or exc)
-            return cls(default=default)
-        for file in (folder / name for name in names):
-            if stop():
-                logger.warning("stopping: %d model file(s) left unloaded",
-                               len(names) - names.index(file.name))
-                break
-            try:
-                model = ServedModel.from_artifact(nnlib.load(file))
-            except ValueError as exc:  # one bad file must not stop the others from serving
-                logger.error("skipping %s: %s", escape(file.name), escape(str(exc)))
-                continue
-            except Exception:  # a loader bug: still only this file, with the traceback
-                logger.exception("skipping %s: the loader failed", escape(file.name))
-                continue
-            if any(loaded.name == model.name for loaded in models):
-                logger.error("skipping %s: a model named %r is already loaded",
-                             escape(file.name), model.name)
-                continue
-            logger.info(
-                "loaded model %s version %s from %s (input %s, %d classes, %s)",
-                model.name, escape(model.version), escape(file.name), list(model.input_shape),
-                model.n_classes, model.output,
-            )
-            models.append(model)
-        if not models:
-            logger.error("no model could be loaded from %s", folder)
-        return cls(models, default=default)
 
     def get(self, name: str) -> ServedModel:
         """Return the model called ``name`` or raise :class:`ModelNotFoundError`."""

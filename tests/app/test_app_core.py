@@ -15,6 +15,7 @@ from app.config import Settings
 from app.errors import InferenceError, InvalidInputError, ModelNotFoundError
 from app.inference import InferenceRunner
 from app.registry import Registry, ServedModel
+from app.repository import Repository
 from app.validation import batch_from_json, check_batch
 from tests.helpers import tiny_cnn, tiny_mlp
 
@@ -73,13 +74,20 @@ def test_bad_flags_exit_with_usage(argv, capsys):
 # --- registry ------------------------------------------------------------------------------
 
 
+def _scan(folder) -> Registry:
+    """What the server serves from ``folder`` after one scan (its default versions)."""
+    repository = Repository(folder)
+    repository.install(repository.build())
+    return repository.snapshot.registry
+
+
 def test_registry_loads_every_artifact_and_skips_bad_ones(artifact_dir, caplog):
     (artifact_dir / "broken.joblib").write_bytes(b"not an artifact")
     (artifact_dir / "notes.txt").write_text("ignored")
     net, metadata = tiny_mlp("mlp", seed=5)  # a second artifact named "mlp"
     nnlib.save(artifact_dir / "zz-duplicate.joblib", net, metadata)
     with caplog.at_level(logging.INFO, logger="nnserve.registry"):
-        registry = Registry.from_dir(artifact_dir)
+        registry = _scan(artifact_dir)
     assert registry.names() == ["cnn", "mlp"] and len(registry) == 2
     assert "mlp" in registry and "broken" not in registry
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
@@ -88,7 +96,7 @@ def test_registry_loads_every_artifact_and_skips_bad_ones(artifact_dir, caplog):
 
 
 def test_registry_of_a_missing_folder_is_empty(tmp_path):
-    registry = Registry.from_dir(tmp_path / "nowhere")
+    registry = _scan(tmp_path / "nowhere")
     assert len(registry) == 0 and registry.default is None and registry.names() == []
 
 
@@ -301,7 +309,7 @@ def test_file_names_versions_and_reasons_are_logged_on_one_line(tmp_path, caplog
     nnlib.save(folder / f"ok{forged}.joblib", net, {**metadata, "version": f"1{forged}"})
     (folder / f"bad{forged}.joblib").write_bytes(b"x" * 5000 + forged.encode() * 1000)
     with caplog.at_level(logging.INFO, logger="nnserve.registry"):
-        registry = Registry.from_dir(folder)
+        registry = _scan(folder)
     assert registry.names() == ["served"]
     lines = [record.getMessage() for record in caplog.records]
     assert len(lines) == 2 and all("\n" not in line for line in lines), lines
