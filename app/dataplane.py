@@ -179,22 +179,11 @@ class DataPlane:
         in the request's timing; the forward pass (and the wait for a batching group) as
         infer (and queue).
         """
-        timing = current_timing()
-        timing.model = model
-        start = time.perf_counter_ns()
-        # Counted so that a version leaving the repository is reported unloaded only once
-        # the requests running on it are done.
-        repository = self.repository
-        repository.acquire(model)
-        try:
+        with _Running(self, model) as timing:
+            start = time.perf_counter_ns()
             checked = check_batch(batch, model, self.max_batch)
             timing.decode_ns += time.perf_counter_ns() - start
             probs = await self.runner.predict_proba(model, checked, timing)
-        except BaseException:
-            self._failed(timing)
-            raise
-        finally:
-            repository.release(model)
         timing.samples = len(checked)
         if self.payload_log is not None:
             self.payload_log.record(model, checked, probs)
@@ -209,12 +198,8 @@ class DataPlane:
         (:func:`app.explaining.check_request`: method, steps, baseline, at most
         ``NNSERVE_EXPLAIN_MAX_WORK`` gradient evaluations); large work runs in a worker thread.
         """
-        timing = current_timing()
-        timing.model = model
-        start = time.perf_counter_ns()
-        repository = self.repository
-        repository.acquire(model)  # as infer does: a leaving version waits for this too
-        try:
+        with _Running(self, model) as timing:
+            start = time.perf_counter_ns()
             batch = check_batch(batch, model, self.max_batch)
             index = explaining.target_index(model, target)
             steps = explaining.check_request(model, len(batch), method, steps, baseline,
@@ -231,11 +216,6 @@ class DataPlane:
             else:
                 explanation = explaining.explain(model, batch, method, index, steps, baseline)
             timing.infer_ns = time.perf_counter_ns() - timing.infer_at
-        except BaseException:
-            self._failed(timing)
-            raise
-        finally:
-            repository.release(model)
         timing.samples = len(batch)
         return explanation
 
@@ -279,6 +259,35 @@ class DataPlane:
         self.runner.flush()
         if self.payload_log is not None:
             self.payload_log.close()
+
+
+class _Running:
+    """A request running on one model version, for :meth:`DataPlane.infer` and ``explain``.
+
+    Entering names the model in the request's timing and counts the request in flight on
+    the version, so that a version leaving the repository is reported unloaded only once
+    the requests running on it are done; leaving releases it and, on an exception, counts
+    the request as failed. (A class rather than a generator: this runs on every request.)
+    """
+
+    __slots__ = ("dataplane", "model", "repository", "timing")
+
+    def __init__(self, dataplane: DataPlane, model: ServedModel) -> None:
+        self.dataplane, self.model = dataplane, model
+
+    def __enter__(self) -> RequestTiming:
+        self.timing = timing = current_timing()
+        timing.model = self.model
+        # The repository of the start: the release must reach the one that counted.
+        self.repository = self.dataplane.repository
+        self.repository.acquire(self.model)
+        return timing
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        self.repository.release(self.model)
+        if kind is not None:
+            self.dataplane._failed(self.timing)
+        return False
 
 
 def _check_name(name: str) -> None:
