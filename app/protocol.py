@@ -25,8 +25,9 @@ httptools to the minor versions tested) and ``tests/app/test_protocol_hooks.py``
 fails loudly when a hook used here disappears or changes shape. The hooks:
 ``connection_made``/``connection_lost``/``data_received``, the parser callbacks
 ``on_headers_complete``/``on_message_complete``, the attributes ``loop``, ``tasks``,
-``cycle`` (with ``scope`` and ``response_complete``), ``transport`` and ``app_state``, and
-the module's ``STATUS_LINE`` table.
+``cycle`` (with ``scope`` and ``response_complete``), ``transport`` (replaced by one that
+implements every :class:`asyncio.Transport` method) and ``app_state``, and the module's
+``STATUS_LINE`` table.
 
 The read deadline comes from the application's settings, through the lifespan state that
 uvicorn hands every protocol instance (``app_state``; see :mod:`app.lifecycle`).
@@ -50,7 +51,7 @@ READ_TIMEOUT_STATE = "nnserve.read_timeout"
 DEFAULT_READ_TIMEOUT = 30.0
 
 
-class _CoalescingTransport:
+class _CoalescingTransport(asyncio.Transport):
     """A transport that sends each answer in one socket write, and batches them under load.
 
     uvicorn writes the status line and headers, then the body. A head is held and joined to
@@ -61,17 +62,25 @@ class _CoalescingTransport:
     server serves them all); with a single client the wait is pure cost (25 % fewer), so
     an idle server writes at once. A head with nothing after it (HEAD, 204, 100 Continue)
     leaves on the next turn.
+
+    Every method of :class:`asyncio.Transport` is spelt out: each write method goes through
+    the held data (bytes written any other way would overtake a held head), and the others
+    reach the socket's transport. (uvicorn's flow control holds that one directly: it is
+    made before this one replaces it.)
     """
 
     __slots__ = ("_loop", "_pending", "_scheduled", "_tasks", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop,
                  tasks: set) -> None:
+        super().__init__()
         self._transport = transport
         self._loop = loop
         self._tasks = tasks  # uvicorn's requests in flight in this process
         self._pending: list[bytes] = []
         self._scheduled = False
+
+    # -- writing: through the held data -------------------------------------------------
 
     def write(self, data: bytes) -> None:
         self._pending.append(data)
@@ -82,6 +91,9 @@ class _CoalescingTransport:
                 self._loop.call_soon(self._flush)
         else:
             self._flush()
+
+    def writelines(self, list_of_data) -> None:
+        self.write(b"".join(list_of_data))
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -103,8 +115,40 @@ class _CoalescingTransport:
         self._pending.clear()
         self._transport.abort()
 
-    def __getattr__(self, name: str):
-        return getattr(self._transport, name)
+    def get_write_buffer_size(self) -> int:
+        return sum(map(len, self._pending)) + self._transport.get_write_buffer_size()
+
+    # -- the rest: the socket's transport -----------------------------------------------
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default=None):
+        return self._transport.get_extra_info(name, default)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._transport.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._transport.get_protocol()
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):

@@ -19,7 +19,7 @@ from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from app.protocol import READ_TIMEOUT_STATE, GuardedHttpToolsProtocol
+from app.protocol import READ_TIMEOUT_STATE, GuardedHttpToolsProtocol, _CoalescingTransport
 from tests.helpers import ROOT
 
 METHODS = {
@@ -110,3 +110,49 @@ def test_the_supervisor_keeps_its_workers_in_processes():
     # Read by ForwardingSupervisor: the worker list, each with a pid, replaced in place.
     assert "self.processes[idx] = process" in inspect.getsource(Multiprocess.keep_subprocess_alive)
     assert isinstance(inspect.getattr_static(Process, "pid"), property)
+
+
+def _transport_methods() -> set[str]:
+    return {name for cls in asyncio.Transport.__mro__ if cls is not object
+            for name, value in vars(cls).items()
+            if callable(value) and not name.startswith("_")}
+
+
+def test_the_coalescing_transport_spells_out_every_transport_method():
+    """Nothing reaches the socket's transport unseen (no ``__getattr__`` pass-through)."""
+    own = set(vars(_CoalescingTransport))
+    assert "__getattr__" not in own
+    missing = _transport_methods() - own
+    assert not missing, f"_CoalescingTransport inherits {sorted(missing)} from asyncio"
+
+
+def test_uvicorn_calls_only_transport_methods_on_the_transport():
+    called = set(re.findall(r"\btransport\.(\w+)\(", inspect.getsource(httptools_impl)))
+    assert called, "uvicorn's httptools protocol no longer calls its transport"
+    unknown = called - _transport_methods()
+    assert not unknown, f"uvicorn calls {sorted(unknown)} on a transport: see app/protocol.py"
+
+
+def test_every_write_method_keeps_the_order_of_the_bytes():
+    loop = asyncio.new_event_loop()
+    sent: list[bytes] = []
+
+    class Socket(asyncio.Transport):
+        def write(self, data):
+            sent.append(data)
+
+        def is_closing(self):
+            return False
+
+        def get_write_buffer_size(self):
+            return 0
+
+    try:
+        transport = _CoalescingTransport(Socket(), loop, tasks=set())
+        transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n")  # a head: held
+        assert sent == []
+        transport.writelines([b"bo", b"dy"])
+        assert sent == [b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nbody"]
+        assert transport.get_write_buffer_size() == 0
+    finally:
+        loop.close()
