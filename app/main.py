@@ -130,6 +130,12 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     if settings.ui:  # the demo page, after every API route
         ui.add_routes(app)
     _add_docs(app)
+    # The router tries routes in order, and a V2 infer request would first try every native
+    # route: the POST routes (inference, explanations, the repository API) go first, each
+    # group in the order added. No path here is both a GET and a POST template, so this
+    # changes which route answers no request.
+    app.router.routes.sort(key=lambda route: "POST" not in (getattr(route, "methods", None)
+                                                            or ()))
     install_handlers(app)
     _document(app)
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from app import errors, explaining
 from app.api import native, security
+from app.api.routing import ROUTING_HEADER, VERSION_HEADER, header_values
 from app.dataplane import DataPlane
 from app.registry import ServedModel
 
@@ -123,16 +124,16 @@ def _answer(model: ServedModel, explanation: explaining.Explanation) -> Response
                "explanations": items}
     return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY),
                     media_type="application/json",
-                    headers={native.VERSION_HEADER: model.version})
+                    headers={VERSION_HEADER: model.version})
 
 
 async def _explain(request: Request, path_name: str | None,
                    path_version: str | None = None) -> Response:
     dataplane: DataPlane = request.app.state.dataplane
-    headers = request.headers
+    content_type, routing_key = header_values(request, "content-type", ROUTING_HEADER)
     model, batch, payload, baseline = await dataplane.decode(
-        await request.body(), _decode, headers.get("content-type"), path_name, path_version,
-        headers.get(native.ROUTING_HEADER), dataplane)
+        await request.body(), _decode, content_type, path_name, path_version, routing_key,
+        dataplane)
     explanation = await dataplane.explain(model, batch, method=payload.method,
                                           target=payload.target, steps=payload.steps,
                                           baseline=baseline)

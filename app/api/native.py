@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSche
 
 from app import errors
 from app.api import security
-from app.api.routing import ProtocolRoute
+from app.api.routing import ROUTING_HEADER, VERSION_HEADER, ProtocolRoute, header_values
 from app.dataplane import DataPlane
 from app.registry import ServedModel
 from app.validation import batch_from_json
@@ -48,10 +48,6 @@ ModelName = Annotated[str, Path(description="A loaded model's name (see GET /mod
                                 examples=["digits-mlp"])]
 ModelVersion = Annotated[str, Path(description="A loaded version of the model, or an alias "
                                    "of one (see GET /models/{name}).", examples=["1"])]
-# The request header that makes unversioned requests of one client land on one version.
-ROUTING_HEADER = "x-routing-key"
-# The response header that says which version answered (on every prediction).
-VERSION_HEADER = "X-Model-Version"
 
 
 class PredictRequest(BaseModel):
@@ -345,10 +341,9 @@ def batch_of(inputs: Any, body: bytes, model: ServedModel, dataplane: DataPlane)
 async def _predict(request: Request, path_name: str | None,
                    path_version: str | None = None) -> Response:
     dataplane = _dataplane(request)
-    headers = request.headers
-    model, batch, top_k = await dataplane.decode(await request.body(), _decode,
-                                                 headers.get("content-type"), path_name,
-                                                 path_version, headers.get(ROUTING_HEADER),
+    content_type, routing_key = header_values(request, "content-type", ROUTING_HEADER)
+    model, batch, top_k = await dataplane.decode(await request.body(), _decode, content_type,
+                                                 path_name, path_version, routing_key,
                                                  dataplane)
     probs = await dataplane.infer(model, batch)
     return dataplane.encode(_answer, model, probs, top_k)

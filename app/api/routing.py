@@ -30,6 +30,27 @@ from app.errors import ServingError
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
+# Headers both protocols share: the client's routing key in, the serving version out.
+ROUTING_HEADER = "x-routing-key"
+VERSION_HEADER = "X-Model-Version"
+
+
+def header_values(request: Request, *names: str) -> list[str | None]:
+    """Return the first value of each header in ``names`` (lower-case), None when absent.
+
+    One pass over the request's raw headers. (``request.headers.get`` looks each name up
+    separately, and raises and catches a KeyError for every absent one: most of the
+    optional headers of an inference request are absent.)
+    """
+    keys = [name.encode("latin-1") for name in names]
+    values: list[str | None] = [None] * len(keys)
+    for key, value in request.scope["headers"]:
+        if key in keys:
+            index = keys.index(key)
+            if values[index] is None:
+                values[index] = value.decode("latin-1")
+    return values
+
 
 def _returns_response(call: Callable[..., Any]) -> bool:
     try:

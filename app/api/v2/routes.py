@@ -16,10 +16,9 @@ import numpy as np
 import orjson
 from fastapi import FastAPI, Request, params
 from fastapi.responses import Response
-from starlette.datastructures import Headers
 
 from app import errors
-from app.api.routing import ProtocolRoute
+from app.api.routing import ROUTING_HEADER, VERSION_HEADER, ProtocolRoute, header_values
 from app.api.v2 import codec, schemas, stats
 from app.dataplane import DataPlane
 from app.registry import ServedModel
@@ -28,9 +27,6 @@ TAGS = ["Open Inference Protocol (V2)"]
 SERVER_NAME = "nnserve"
 EXTENSIONS = ("binary_tensor_data", "model_repository", "statistics")
 PLATFORM = "nnlib"
-# The same headers as the native API's (app.api.native): routing key in, version out.
-ROUTING_HEADER = "x-routing-key"
-VERSION_HEADER = "X-Model-Version"
 
 # The one table from the dataplane's errors to this protocol's statuses.
 STATUS: dict[type[errors.ServingError], int] = {
@@ -132,12 +128,12 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
     return {"name": model.name, "ready": True}
 
 
-def _decode(body: bytes, headers: Headers, model: ServedModel, dataplane: DataPlane
-            ) -> tuple[str | None, list[codec.RequestedOutput], np.ndarray]:
-    """Decode an infer body: its id, the outputs it asks for and its input tensor."""
-    body = codec.decompress(body, headers.get("content-encoding"),
-                            dataplane.settings.max_body_bytes)
-    raw, binary = codec.split_body(body, headers.get(codec.HEADER_LENGTH))
+def _decode(body: bytes, encoding: str | None, header_length: str | None, model: ServedModel,
+            dataplane: DataPlane) -> tuple[str | None, list[codec.RequestedOutput], np.ndarray]:
+    """Decode an infer body (its Content-Encoding and Inference-Header-Content-Length
+    headers given): its id, the outputs it asks for and its input tensor."""
+    body = codec.decompress(body, encoding, dataplane.settings.max_body_bytes)
+    raw, binary = codec.split_body(body, header_length)
     header = codec.parse_header(raw)
     request_id = header.get("id")
     if request_id is not None and not isinstance(request_id, str):
@@ -152,9 +148,12 @@ def _decode(body: bytes, headers: Headers, model: ServedModel, dataplane: DataPl
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
     """Run the model on one input tensor; answer probabilities as JSON or binary data."""
     dataplane = _dataplane(request)
-    model = dataplane.model(name, version, request.headers.get(ROUTING_HEADER))
+    routing_key, encoding, header_length = header_values(
+        request, ROUTING_HEADER, "content-encoding", codec.HEADER_LENGTH.lower())
+    model = dataplane.model(name, version, routing_key)
     request_id, outputs, tensor = await dataplane.decode(await request.body(), _decode,
-                                                         request.headers, model, dataplane)
+                                                         encoding, header_length, model,
+                                                         dataplane)
     try:
         probabilities = await dataplane.infer(model, tensor)
     except errors.InvalidInputError as exc:
