@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import numpy as np
@@ -184,3 +185,19 @@ def test_a_constrained_path_parameter_is_still_validated_by_fastapi():
     with TestClient(app) as client:
         assert client.post("/x/abc").text == "abc"
         assert client.post("/x/bcd").status_code == 422
+
+
+def test_trying_post_routes_first_changes_which_route_answers_no_request(client):
+    """Every route still answers its own paths: no other template of the same method takes
+    a path of it, whatever their order (create_app puts the POST routes first)."""
+    from starlette.routing import Match
+
+    routes = client.app.router.routes
+    assert routes[0].path == "/predict"
+    for route in routes:
+        path = re.sub(r"{[^}]+}", "x", route.path)
+        for method in getattr(route, "methods", None) or ():
+            scope = {"type": "http", "path": path, "method": method, "root_path": ""}
+            answering = next(candidate for candidate in routes
+                             if candidate.matches(scope)[0] == Match.FULL)
+            assert answering is route, f"{method} {path}: {answering.path} answers it"
