@@ -9,12 +9,19 @@ median of the rounds. Useful before and after a change to the request path, and 
 
     .venv/bin/python benchmarks/asgi_cost.py                 # the table
     .venv/bin/python benchmarks/asgi_cost.py --profile native  # cProfile of one target
+    .venv/bin/python benchmarks/asgi_cost.py --ablate          # what each feature costs
+
+``--ablate`` times native ``/predict`` as shipped, then without each per-request feature
+in turn (the access-log line, the Prometheus updates, the statistics tables) and without
+all three, next to the minimal endpoint: the features are switched off by replacing their
+methods with no-ops in this process only, which nnserve itself never does.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import logging
 import pstats
@@ -25,10 +32,12 @@ import time
 import _util
 import orjson
 from http_load import minimal_app
+from prometheus_client import Counter, Gauge, Histogram
 
 from app.config import Settings
 from app.main import create_app
 from app.registry import default_model_dir
+from app.statistics import Statistics
 
 SAMPLE = [0] * 64
 BODIES = {
@@ -69,6 +78,56 @@ async def _cpu_per_request(app, path: str, body: bytes, requests: int) -> float:
     return elapsed / requests * 1e6
 
 
+FEATURES = {
+    # name: (class, methods) replaced by no-ops when the feature is off
+    "metrics": ((Counter, ("inc",)), (Gauge, ("inc", "dec")), (Histogram, ("observe",))),
+    "statistics": ((Statistics, ("success", "failure", "execution")),),
+}
+
+
+@contextlib.contextmanager
+def _without(features: tuple[str, ...]):
+    """Switch per-request features off for the duration (the access log by its level)."""
+    saved = []
+    access = logging.getLogger("nnserve.access")
+    if "log" in features:
+        access.setLevel(logging.WARNING)
+    for feature in features:
+        for cls, names in FEATURES.get(feature, ()):
+            for name in names:
+                saved.append((cls, name, cls.__dict__[name]))
+                setattr(cls, name, lambda *args, **kwargs: None)
+    try:
+        yield
+    finally:
+        for cls, name, method in saved:
+            setattr(cls, name, method)
+        access.setLevel(logging.INFO)
+
+
+async def _ablate(apps: dict, rounds: int, requests: int) -> None:
+    variants = {"as shipped": (), "without the access log": ("log",),
+                "without metrics": ("metrics",), "without statistics": ("statistics",),
+                "without all three": ("log", "metrics", "statistics")}
+    path, body = BODIES["native"]
+    results: dict[str, list[float]] = {name: [] for name in [*variants, "minimal"]}
+    for round_ in range(rounds + 1):  # the first round warms up
+        for name in results:
+            app = apps["minimal" if name == "minimal" else "native"]
+            with _without(variants.get(name, ())):
+                cost = await _cpu_per_request(app, path, body, 200 if not round_ else requests)
+            if round_:
+                results[name].append(cost)
+    shipped = statistics.median(results["as shipped"])
+    print("| native /predict | CPU µs/request (median) | saved | rounds (µs) |")
+    print("|---|---|---|---|")
+    for name, values in results.items():
+        median = statistics.median(values)
+        label = "minimal endpoint" if name == "minimal" else name
+        print(f"| {label} | {median:.1f} | {shipped - median:.1f} | "
+              f"{', '.join(f'{v:.0f}' for v in values)} |")
+
+
 async def _main(args: argparse.Namespace) -> None:
     model_dir = default_model_dir()
     apps = {"minimal": minimal_app(str(model_dir / "digits-mlp.joblib"))}
@@ -81,6 +140,11 @@ async def _main(args: argparse.Namespace) -> None:
         access.setLevel(logging.INFO)
         apps["native"] = apps["v2"] = served
         targets = args.targets or list(BODIES)
+        if args.ablate:
+            await _ablate(apps, args.rounds, args.requests)
+            print()
+            print("Environment:", *_util.environment(), sep="\n- ")
+            return
         if args.profile:
             path, body = BODIES[args.profile]
             profile = cProfile.Profile()
@@ -112,6 +176,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--requests", type=int, default=3000, help="requests per round")
     parser.add_argument("--profile", choices=list(BODIES), help="cProfile one target instead")
+    parser.add_argument("--ablate", action="store_true",
+                        help="native /predict without each per-request feature in turn")
     args = parser.parse_args()
     unknown = sorted(set(args.targets) - set(BODIES))
     if unknown:
