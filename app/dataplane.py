@@ -50,9 +50,10 @@ class DataPlane:
         self.registry = registry if registry is not None else Registry()
         # Shared files with several workers, where prometheus-client keeps its own.
         self.statistics = Statistics(metrics.multiprocess_dir())
+        self.request_metrics = metrics.RequestMetrics(metrics.multiprocess_dir())
         self.payload_log = PayloadLog.from_settings(settings)
         self.runner = InferenceRunner(settings.batch_max_size, settings.batch_max_delay_ms,
-                                      self.statistics)
+                                      self.statistics, self.request_metrics)
         self.max_batch = settings.max_batch
         self.draining = False
 
@@ -166,8 +167,11 @@ class DataPlane:
             self._failed(timing)
             raise
         timing.decode_ns += time.perf_counter_ns() - start
-        if timing.model is not None:
-            metrics.version_metrics(timing.model).request_size.observe(len(body))
+        model = timing.model
+        if model is not None:
+            request_metrics = self.request_metrics
+            request_metrics.request_size(request_metrics.model_row(model.name, model.version),
+                                         len(body))
         return decoded
 
     async def infer(self, model: ServedModel, batch: np.ndarray) -> np.ndarray:
@@ -242,7 +246,9 @@ class DataPlane:
             self.statistics.success(model.name, model.version, timing.samples,
                                     end - timing.start_ns, timing.decode_ns, timing.queue_ns,
                                     timing.infer_ns, timing.encode_ns)
-            metrics.version_metrics(model).response_size.observe(len(response.body))
+            request_metrics = self.request_metrics
+            request_metrics.response_size(request_metrics.model_row(model.name, model.version),
+                                          len(response.body))
         return response
 
     def _failed(self, timing: RequestTiming) -> None:

@@ -75,11 +75,13 @@ class Batcher:
     """
 
     def __init__(self, model: ServedModel, loop: asyncio.AbstractEventLoop,
-                 max_size: int, max_delay: float, statistics: Statistics | None = None
-                 ) -> None:
+                 max_size: int, max_delay: float, statistics: Statistics | None = None,
+                 request_metrics: metrics.RequestMetrics | None = None) -> None:
         self.model, self.loop = model, loop
         self.max_size, self.max_delay = max_size, max_delay
-        self.statistics = statistics
+        self.statistics = statistics if statistics is not None else Statistics()
+        self.metrics = (request_metrics if request_metrics is not None
+                        else metrics.RequestMetrics())
         # (batch, its future, when it was queued in perf_counter_ns, its request's timing)
         self.pending: list[tuple[np.ndarray, asyncio.Future, int, RequestTiming | None]] = []
         self.rows = 0
@@ -106,7 +108,7 @@ class Batcher:
             self.timer = None
         group, self.pending, self.rows = self.pending, [], 0
         if group:
-            _run_group(self.model, group, self.statistics)
+            _run_group(self.model, group, self.statistics, self.metrics)
 
 
 def _settle(future: asyncio.Future, result=None, error: BaseException | None = None) -> None:
@@ -120,8 +122,8 @@ def _settle(future: asyncio.Future, result=None, error: BaseException | None = N
 
 def _run_group(model: ServedModel,
                group: list[tuple[np.ndarray, asyncio.Future, int, RequestTiming | None]],
-               statistics: Statistics | None) -> None:
-    count, latency, batch_size, errors = metrics.model_metrics(model.name, model.version)
+               statistics: Statistics, request_metrics: metrics.RequestMetrics) -> None:
+    row = request_metrics.model_row(model.name, model.version)
     start = time.perf_counter_ns()
     merged = None
     if len(group) > 1:
@@ -140,15 +142,14 @@ def _run_group(model: ServedModel,
                 forward_ns = forwarded - assembled
             else:
                 alone = time.perf_counter_ns()
-                probs = _run(model, batch)
-                forward_ns = time.perf_counter_ns() - alone
-                count.inc()
-                batch_size.observe(len(batch))
-                if statistics is not None:
-                    statistics.execution(model.name, model.version, len(batch), 0,
-                                         forward_ns, 0)
+                try:
+                    probs = _run(model, batch)
+                finally:
+                    forward_ns = time.perf_counter_ns() - alone
+                    request_metrics.inference(row, len(batch), forward_ns)
+                statistics.execution(model.name, model.version, len(batch), 0, forward_ns, 0)
         except InferenceError as exc:
-            errors.inc()
+            request_metrics.inference_error(row)
             _settle(future, error=exc)
         except Exception as exc:  # the request's own, raised in its handler
             _settle(future, error=exc)
@@ -158,12 +159,9 @@ def _run_group(model: ServedModel,
             _settle(future, probs)
         offset += len(batch)
     if merged is not None:
-        count.inc()
-        batch_size.observe(len(merged))
-        if statistics is not None:
-            statistics.execution(model.name, model.version, len(merged), assembled - start,
+        request_metrics.inference(row, len(merged), forwarded - assembled)
+        statistics.execution(model.name, model.version, len(merged), assembled - start,
                              forwarded - assembled, time.perf_counter_ns() - forwarded)
-    latency.observe((time.perf_counter_ns() - start) / 1e9)
 
 
 class InferenceRunner:
@@ -175,8 +173,11 @@ class InferenceRunner:
     """
 
     def __init__(self, max_batch_size: int = 1, max_delay_ms: float = 0.0,
-                 statistics: Statistics | None = None) -> None:
+                 statistics: Statistics | None = None,
+                 request_metrics: metrics.RequestMetrics | None = None) -> None:
         self.statistics = statistics if statistics is not None else Statistics()
+        self.metrics = (request_metrics if request_metrics is not None
+                        else metrics.RequestMetrics())
         self.max_batch_size = max(1, int(max_batch_size))
         self.max_delay = max(0.0, float(max_delay_ms)) / 1000  # seconds
         self.batching = self.max_batch_size > 1 and self.max_delay > 0
@@ -187,7 +188,8 @@ class InferenceRunner:
         batcher = self._batchers.get(id(model))
         if batcher is None or batcher.model is not model or batcher.loop is not loop:
             batcher = self._batchers[id(model)] = Batcher(model, loop, self.max_batch_size,
-                                                          self.max_delay, self.statistics)
+                                                          self.max_delay, self.statistics,
+                                                          self.metrics)
         return batcher
 
     def flush(self) -> None:
@@ -217,9 +219,10 @@ class InferenceRunner:
             if timing is None:
                 return await self._batcher(model).submit(batch)
             probs = await self._batcher(model).submit(batch, timing)
-            metrics.version_metrics(model).queue_duration.observe(timing.queue_ns / 1e9)
+            self.metrics.queued(self.metrics.model_row(model.name, model.version),
+                                timing.queue_ns)
             return probs
-        count, latency, batch_size, errors = metrics.model_metrics(model.name, model.version)
+        row = self.metrics.model_row(model.name, model.version)
         start = time.perf_counter_ns()
         try:
             if batch.size > INLINE_MAX_ELEMENTS:
@@ -227,13 +230,11 @@ class InferenceRunner:
             else:
                 probs = _run(model, batch)
         except InferenceError:
-            errors.inc()
+            self.metrics.inference_error(row)
             raise
         finally:
             forward_ns = time.perf_counter_ns() - start
-            latency.observe(forward_ns / 1e9)
-            count.inc()
-            batch_size.observe(len(batch))
+            self.metrics.inference(row, len(batch), forward_ns)
         # The check of the rows is part of the forward pass here (compute_output 0).
         self.statistics.execution(model.name, model.version, len(batch), 0, forward_ns, 0)
         if timing is not None:

@@ -161,6 +161,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     # The OpenAPI document is a plain Starlette route, without a route template.
     plain_routes = frozenset(filter(None, (app.openapi_url,)))
     app.add_middleware(RequestMiddleware, max_body_bytes=settings.max_body_bytes,
+                       request_metrics=app.state.dataplane.request_metrics,
                        plain_routes=plain_routes)
     return app
 

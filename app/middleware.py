@@ -48,9 +48,11 @@ class RequestMiddleware:
     """
 
     def __init__(self, app: ASGIApp, max_body_bytes: int,
+                 request_metrics: metrics.RequestMetrics,
                  plain_routes: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.request_metrics = request_metrics
         # Paths of routes that are not API routes (the OpenAPI document and docs pages):
         # they leave no route template in the scope, and are few and fixed.
         self.plain_routes = plain_routes
@@ -59,7 +61,7 @@ class RequestMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start = time.perf_counter()
+        start = time.perf_counter_ns()
         request_id = refusal = None
         too_large = False
         # The server stops a body at its declared length, so only a body without one
@@ -134,15 +136,15 @@ class RequestMiddleware:
         finally:
             metrics.HTTP_IN_PROGRESS.dec()
             log.REQUEST_INFO.reset(token)
-            elapsed = time.perf_counter() - start
+            elapsed_ns = time.perf_counter_ns() - start
             route = scope.get("route")
             # Route templates, not raw paths, keep the label set small whatever clients send.
             template = getattr(route, "path", None) or (
                 scope["path"] if scope["path"] in self.plain_routes else "unmatched")
             method = scope["method"]
-            metrics.http_request(method, template, status, elapsed)
+            self.request_metrics.http_request(method, template, status, elapsed_ns)
             if access_logger.isEnabledFor(logging.INFO):
-                _log_access(request_id, method, scope, template, info, status, elapsed)
+                _log_access(request_id, method, scope, template, info, status, elapsed_ns)
 
 
 async def _refuse(scope: Scope, send: Send, status: int, message: str) -> None:
@@ -158,9 +160,9 @@ async def _no_body() -> Message:  # pragma: no cover - a response never reads th
 
 
 def _log_access(request_id: str, method: str, scope: Scope, route: str, info: dict,
-                status: int, elapsed: float) -> None:
+                status: int, elapsed_ns: int) -> None:
     client = scope["client"][0] if scope.get("client") else "-"
-    latency_ms = round(elapsed * 1000, 3)
+    latency_ms = round(elapsed_ns / 1e6, 3)
     # The path as sent, still percent-encoded: a decoded %0A would start a forged line.
     path = log.escape(scope.get("raw_path", b"").decode("latin-1") or scope["path"])
     model, batch = info["model"], info["batch"]

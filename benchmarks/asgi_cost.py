@@ -36,6 +36,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from app.config import Settings
 from app.main import create_app
+from app.metrics import RequestMetrics
 from app.registry import default_model_dir
 from app.statistics import Statistics
 
@@ -80,7 +81,9 @@ async def _cpu_per_request(app, path: str, body: bytes, requests: int) -> float:
 
 FEATURES = {
     # name: (class, methods) replaced by no-ops when the feature is off
-    "metrics": ((Counter, ("inc",)), (Gauge, ("inc", "dec")), (Histogram, ("observe",))),
+    "metrics": ((Counter, ("inc",)), (Gauge, ("inc", "dec")), (Histogram, ("observe",)),
+                (RequestMetrics, ("http_request", "inference", "inference_error", "queued",
+                                  "request_size", "response_size"))),
     "statistics": ((Statistics, ("success", "failure", "execution")),),
 }
 

@@ -49,8 +49,9 @@ async def ready(request: Request) -> Response | dict:
 async def prometheus_metrics(request: Request) -> Response:
     """Return every metric in Prometheus' text exposition format."""
     # Readiness as of this scrape (what /ready would answer), for the not-ready alert.
-    metrics.READY.set(0 if request.app.state.dataplane.not_ready_reason() else 1)
-    body, content_type = metrics.render()
+    dataplane = request.app.state.dataplane
+    metrics.READY.set(0 if dataplane.not_ready_reason() else 1)
+    body, content_type = metrics.render(dataplane.request_metrics)
     return Response(body, media_type=content_type)
 
 
