@@ -166,21 +166,23 @@ def _log_access(request_id: str, method: str, scope: Scope, route: str, info: di
     # The path as sent, still percent-encoded: a decoded %0A would start a forged line.
     path = log.escape(scope.get("raw_path", b"").decode("latin-1") or scope["path"])
     model, batch = info["model"], info["batch"]
+    fields = {"request_id": request_id, "method": method, "path": path, "route": route,
+              "model": model, "batch_size": batch, "status": status, "latency_ms": latency_ms,
+              "client": client}
+    text = (f'{client} "{method} {path}" {status} {latency_ms:.2f}ms route={route} '
+            f'model={model or "-"} batch={batch or "-"} id={request_id}')
     timing = info["timing"]
-    # The request's phases, as its Server-Timing header gives them (predict, infer, explain).
-    phases = timing.phases_ms() if timing is not None and timing.decode_at else {}
+    if timing is not None and timing.decode_at:
+        # The request's phases, as its Server-Timing header gives them (predict, infer,
+        # explain).
+        phases = timing.log_fields()
+        fields.update(phases)
+        text += "".join([f" {name}={ms:.3f}" for name, ms in phases.items()])
     trace_id = info.get("trace_id")
+    if trace_id:
+        fields["trace_id"] = trace_id
+        text += f" trace={trace_id}"
     # A record built here and handed to the logger: Logger.info would also walk the stack
     # to find its caller, a cost paid on every request for a location nobody reads. The
     # fields again, for JSON log lines and log processors.
-    access_logger.handle(log.access_record(
-        access_logger.name, __file__,
-        f'{client} "{method} {path}" {status} {latency_ms:.2f}ms route={route} '
-        f'model={model or "-"} batch={batch or "-"} id={request_id}'
-        + "".join(f" {name}_ms={ms:.3f}" for name, ms in phases.items())
-        + (f" trace={trace_id}" if trace_id else ""),
-        {"request_id": request_id, "method": method, "path": path, "route": route,
-         "model": model, "batch_size": batch, "status": status, "latency_ms": latency_ms,
-         "client": client, **{f"{name}_ms": ms for name, ms in phases.items()},
-         **({"trace_id": trace_id} if trace_id else {})},
-    ))
+    access_logger.handle(log.access_record(access_logger.name, __file__, text, fields))

@@ -22,6 +22,7 @@ from app.log import JsonFormatter
 from app.main import create_app
 from app.registry import Registry
 from app.statistics import Statistics
+from app.timing import RequestTiming
 from tests.helpers.http import ZERO_CNN, ZERO_MLP, post_raw
 
 V2_INPUT = {"name": "input", "datatype": "FP32"}
@@ -212,3 +213,18 @@ def test_a_refused_request_times_only_the_phases_it_reached(client, caplog):
     assert record.decode_ms > 0 and not hasattr(record, "infer_ms")
     # No model ran any hook: nothing to time.
     assert unknown.status_code == 404 and "server-timing" not in unknown.headers
+
+
+@pytest.mark.parametrize("reached", ["decode", "infer", "queue", "encode"])
+def test_the_log_fields_are_the_phases_that_ran(reached):
+    timing = RequestTiming(0)
+    timing.decode_ns, timing.infer_ns, timing.encode_ns = 12_345, 678_901, 2_345
+    timing.decode_at = 1
+    if reached != "decode":
+        timing.infer_at = 2
+    if reached in ("queue", "encode"):
+        timing.queue_ns = 44_444 if reached == "queue" else None
+        timing.encode_at = 3 if reached == "encode" else 0
+    expected = {f"{name}_ms": ms for name, ms in timing.phases_ms().items()}
+    assert timing.log_fields() == expected
+    assert list(timing.log_fields()) == list(expected)  # in the same order
