@@ -204,18 +204,12 @@ class RequestMetrics:
     def __init__(self, folder: str | Path | None = None) -> None:
         self._counters = CounterTable(folder, FILE_PREFIX, COLUMNS, MAX_ROWS, "metrics")
         self._values = self._counters.values
-        self._rows: dict[tuple, int | None] = {}  # this worker's keys -> their rows
+        self._row = self._counters.row
         self._latency = HTTP_LATENCY.scaled_bounds
         self._inference = INFERENCE_LATENCY.scaled_bounds
         self._queue = INFERENCE_QUEUE.scaled_bounds
         self._batch = INFERENCE_BATCH.scaled_bounds
         self._size = REQUEST_SIZE.scaled_bounds
-
-    def _row(self, key: tuple) -> int | None:
-        row = self._rows.get(key, -1)
-        if row == -1:
-            row = self._rows[key] = self._counters.row(key)
-        return row
 
     def model_row(self, name: str, version: str) -> int | None:
         """The row of a model version (None once the table is full)."""
